@@ -1,0 +1,1 @@
+"""Boot-test a template the way Proxmox deploys it (unpack, PVE changes, lxc-start, checks)."""

@@ -1,0 +1,57 @@
+"""What the engine hands a builder, and what a builder hands back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..definitions import Layer, Project
+from ..lock.model import Artifact
+from ..manifest import Entry, merge
+from ..store import LayerEntry, Store
+
+# Artifacts a layer installs, by group ("packages", "wheels", "tools", "tarballs") and name.
+Artifacts = dict[str, dict[str, Artifact]]
+
+
+@dataclass
+class Context:
+    layer: Layer
+    project: Project
+    store: Store
+    below: list[LayerEntry]  # stored entries of the layers below, bottom first
+    artifacts: Artifacts  # pins: from the lock, or from resolve()
+    workdir: Path  # an empty folder of the store's staging area, removed afterwards
+    offline: bool = False
+    locked: bool = False
+    log: Callable[[str], None] = lambda msg: None
+    _lower: list[Entry] | None = field(default=None, repr=False)
+
+    @property
+    def source_date_epoch(self) -> int:
+        return self.project.template.source_date_epoch
+
+    @property
+    def arch(self) -> str:
+        return self.project.template.arch
+
+    def lower_tree(self) -> list[Entry]:
+        """The merged root file system of the layers below, in archive order."""
+        if self._lower is None:
+            self._lower = merge((e.entries for e in self.below), mtime=self.source_date_epoch)
+        return self._lower
+
+    def materialise_below(self, dest: Path) -> dict[str, Entry]:
+        """Write the stack below into `dest` (needs root); returns path -> entry of what it wrote."""
+        from ..materialise import materialise
+
+        tree = self.lower_tree()
+        materialise(tree, dest, self.store)
+        return {e.path: e for e in tree}
+
+
+@dataclass
+class Result:
+    entries: list[Entry]  # the layer's manifest (blobs already in the store)
+    artifacts: Artifacts = field(default_factory=dict)  # what it really installed

@@ -1,0 +1,391 @@
+"""The `lxclayer` command: a thin layer over the library API.
+
+Errors a user can cause print one line (`lxclayer: error: FILE: key KEY: reason`) and exit
+with code 2; nothing a user can cause prints a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+import msgspec
+
+from .errors import UserError
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _project(ctx: click.Context):
+    from .definitions import load_project
+
+    o = ctx.obj
+    return load_project(root=o["project"], template_file=o["template"])
+
+
+def _store(ctx: click.Context):
+    from .store import Store
+
+    return Store(ctx.obj["store"])
+
+
+class Printer:
+    """Build events as lines on stderr, with a ticking elapsed time on a terminal."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not quiet
+        self._tick: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._status = ""
+
+    def _line(self, text: str) -> None:
+        if self.quiet:
+            return
+        with self._lock:
+            if self.tty:
+                sys.stderr.write("\r\033[K")
+            sys.stderr.write(text + "\n")
+            if self.tty and self._status:
+                sys.stderr.write(self._status)
+            sys.stderr.flush()
+
+    def _start_ticker(self, label: str) -> None:
+        if not self.tty:
+            return
+        self._stop.clear()
+        t0 = time.monotonic()
+
+        def run() -> None:
+            frames = "|/-\\"
+            i = 0
+            while not self._stop.wait(0.2):
+                with self._lock:
+                    self._status = f"  {frames[i % 4]} {label}  {time.monotonic() - t0:5.1f}s"
+                    sys.stderr.write("\r\033[K" + self._status)
+                    sys.stderr.flush()
+                i += 1
+
+        self._tick = threading.Thread(target=run, daemon=True)
+        self._tick.start()
+
+    def _stop_ticker(self) -> None:
+        if self._tick:
+            self._stop.set()
+            self._tick.join()
+            self._tick = None
+            with self._lock:
+                self._status = ""
+                sys.stderr.write("\r\033[K")
+
+    # Events
+    def layer_start(self, p) -> None:
+        why = f" ({'; '.join(p.reasons)})" if p.reasons else ""
+        self._line(f"  building {p.name} [{p.kind}]{why}")
+        self._start_ticker(f"building {p.name}")
+
+    def layer_done(self, p) -> None:
+        self._stop_ticker()
+        if p.state == "built":
+            self._line(f"  built    {p.name} in {p.seconds:.1f}s  {p.output[:12]}")
+        else:
+            self._line(f"  cached   {p.name}  {p.output[:12]}")
+
+    def log(self, layer: str, message: str) -> None:
+        self._line(f"    {layer}: {message}")
+
+    def compose_start(self, fmt: str, path: Path) -> None:
+        self._line(f"  composing {path.name}")
+        self._start_ticker(f"composing {fmt}")
+
+    def compose_progress(self, fmt: str, chunks: int, reused: int) -> None:
+        pass
+
+    def compose_done(self, info) -> None:
+        self._stop_ticker()
+        if info.composed:
+            self._line(f"  composed {info.path.name} in {info.seconds:.1f}s"
+                       f" ({info.reused} of {info.chunks} chunks reused)")
+        else:
+            self._line(f"  up to date {info.path.name}")
+
+    def warn(self, message: str) -> None:
+        self._line(f"  warning: {message}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Project folder (holding layers/ and locks/). Default: found from the current folder.")
+@click.option("--template", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Template definition file. Default: layers/template.toml.")
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), envvar="LXCLAYER_STORE",
+              default=None, help="Store folder. Default: $LXCLAYER_STORE or ~/.cache/lxclayer/store.")
+@click.version_option(package_name="lxclayer")
+@click.pass_context
+def cli(ctx: click.Context, project: Path | None, template: Path | None, store: Path | None) -> None:
+    """Build reproducible, layered LXC templates for Proxmox VE.
+
+    \b
+    Example:
+      lxclayer plan                 # what would be built, and why
+      lxclayer build --locked       # build exactly what locks/ describes
+    """
+    ctx.obj = {"project": project, "template": template, "store": store}
+
+
+def _mode(locked: bool, frozen: bool):
+    from .build import Mode
+
+    if locked and frozen:
+        raise click.UsageError("--locked and --frozen exclude each other")
+    return Mode.LOCKED if locked else Mode.FROZEN if frozen else Mode.NORMAL
+
+
+def _result_json(res) -> dict:
+    return {
+        "layers": [{"name": p.name, "kind": p.kind, "state": p.state, "reasons": p.reasons,
+                    "input": p.input, "output": p.output, "seconds": round(p.seconds, 3)} for p in res.layers],
+        "archives": [{"format": a.format, "path": str(a.path), "sha256": a.sha256, "size": a.size,
+                      "composed": a.composed, "chunks": a.chunks, "reused": a.reused} for a in res.archives],
+        "lock": str(res.lock_file), "lock_written": res.lock_written, "seconds": round(res.seconds, 3),
+    }
+
+
+def _print_result(res) -> None:
+    for a in res.archives:
+        click.echo(f"{a.path}  {_human_size(a.size)}  sha256 {a.sha256}")
+    if res.lock_written:
+        click.echo(f"wrote {res.lock_file}")
+    click.echo(f"done in {res.seconds:.1f}s", err=True)
+
+
+@cli.command()
+@click.option("--locked", is_flag=True, help="Refuse unless the lock describes this build exactly.")
+@click.option("--frozen", is_flag=True, help="Use the lock's pins as they are, unchecked; do not write it.")
+@click.option("--offline", is_flag=True, help="Use only artifacts already in the store; never download.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["tar.gz", "tar.zst"]),
+              help="Output format(s). Default: the template's `formats`.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder. Default: dist/ in the project.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Compression threads. Default: all cores.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@click.pass_context
+def build(ctx, locked, frozen, offline, formats, out, jobs, as_json) -> None:
+    """Build the template: every layer the store lacks, then the archive and the lock.
+
+    \b
+    Example:
+      lxclayer build --locked
+      lxclayer build --format tar.zst --store /var/cache/lxclayer
+    """
+    from . import build as b
+
+    project = _project(ctx)
+    res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
+                  formats=list(formats) or None, out_dir=out, jobs=jobs, events=Printer(quiet=as_json))
+    if as_json:
+        click.echo(msgspec.json.encode(_result_json(res)).decode())
+    else:
+        _print_result(res)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def plan(ctx, as_json) -> None:
+    """Say per layer whether it is cached or must be built, and why. Builds nothing.
+
+    \b
+    Example:
+      lxclayer plan
+      lxclayer plan --json | jq '.[] | select(.state == "build")'
+    """
+    from . import build as b
+    from .lock import toml as locktoml
+
+    project = _project(ctx)
+    store = _store(ctx)
+    lock = locktoml.read(project.lock_file)
+    plans = b.plan(project, store, lock)
+    if as_json:
+        click.echo(msgspec.json.encode([{"name": p.name, "kind": p.kind, "state": p.state, "reasons": p.reasons,
+                                          "input": p.input, "output": p.output} for p in plans]).decode())
+        return
+    width = max(len(p.name) for p in plans)
+    for p in plans:
+        why = f"  ({'; '.join(p.reasons)})" if p.state == "build" and p.reasons else ""
+        click.echo(f"{p.state:6}  {p.name:{width}}  [{p.kind}]{why}")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--upgrade", is_flag=True, help="Resolve every pin again, not only those of changed layers.")
+@click.option("--offline", is_flag=True, help="Use only artifacts already in the store.")
+@click.pass_context
+def lock(ctx, upgrade, offline) -> None:
+    """Resolve pins, build, and write locks/<template>.lock.
+
+    The lock records output digests and the archive's sha256, so locking builds what is missing.
+
+    \b
+    Example:
+      lxclayer lock              # re-resolve the layers whose definition changed
+      lxclayer lock --upgrade    # re-resolve everything
+      lxclayer lock diff         # what changed against the lock in git HEAD
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import build as b
+
+    project = _project(ctx)
+    store = _store(ctx)
+    if upgrade and project.lock_file.exists():
+        # Pins of every layer are resolved again: hide the old lock from the build.
+        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer(),
+                      ignore_lock_pins=True)
+    else:
+        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer())
+    _print_result(res)
+    if not res.lock_written:
+        click.echo(f"{res.lock_file} is up to date")
+
+
+@lock.command("diff")
+@click.argument("old", required=False)
+@click.argument("new", required=False)
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
+@click.option("--git", "git_args", is_flag=True, help="Act as a git external diff driver (7 arguments).")
+@click.argument("rest", nargs=-1)
+@click.pass_context
+def lock_diff(ctx, old, new, fmt, git_args, rest) -> None:
+    """Print what changed between two lockfiles, one line per change.
+
+    OLD and NEW are files or git revisions (`HEAD`, `main~1`, `REV:path`). Default: the lock in
+    git HEAD against the working tree.
+
+    \b
+    Example:
+      lxclayer lock diff
+      lxclayer lock diff main HEAD --format markdown
+      git config diff.lxclayer-lock.command 'lxclayer lock diff --git'
+    """
+    from .lock import diff as d
+
+    if git_args:
+        click.echo(d.git_external([a for a in (old, new, *rest) if a is not None]), nl=False)
+        return
+    project = _project(ctx)
+    path = project.lock_file
+    old_lock = d.load_side(old or "HEAD", project.root, path)
+    new_lock = d.load_side(new, project.root, path)
+    click.echo(d.render(d.diff(old_lock, new_lock), fmt), nl=False)
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the violations as JSON.")
+def check(archive, as_json) -> None:
+    """Check a template archive against the rules `pct create` relies on.
+
+    Exit 0: fine; 1: violations (each listed with its path); 2: unreadable.
+
+    \b
+    Example:
+      lxclayer check dist/debian-12-stock-analysis_1.0.0-1_amd64.tar.gz
+      lxclayer check /var/lib/vz/template/cache/debian-12-standard_12.12-1_amd64.tar.zst
+    """
+    from .check import check_archive
+
+    violations = check_archive(archive)
+    if as_json:
+        click.echo(msgspec.json.encode(violations).decode())
+    else:
+        for v in violations:
+            click.echo(f"{v.path}: {v.message} ({v.rule})")
+        click.echo(f"{archive}: {'ok' if not violations else f'{len(violations)} violation(s)'}", err=True)
+    sys.exit(1 if violations else 0)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Say what would be removed, remove nothing.")
+@click.pass_context
+def gc(ctx, dry_run) -> None:
+    """Remove store entries that no lockfile in locks/ refers to.
+
+    \b
+    Example:
+      lxclayer gc --dry-run
+    """
+    from .gc import collect
+
+    project_root = ctx.obj["project"]
+    if project_root is None:
+        from .definitions import find_project
+
+        project_root = find_project()
+    res = collect(_store(ctx), Path(project_root) / "locks", dry_run=dry_run)
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{verb} {_human_size(res.freed)}: {res.layers} layer entries, {res.blobs} blobs,"
+               f" {res.chunks} chunks, {res.artifacts} artifacts; kept {res.kept} layer entries")
+
+
+@cli.command()
+@click.option("--rebuild", is_flag=True, required=True, help="Rebuild into a temporary store and compare.")
+@click.argument("layers", nargs=-1)
+@click.pass_context
+def verify(ctx, rebuild, layers) -> None:
+    """Rebuild layers into an empty store and list every path that differs.
+
+    \b
+    Example:
+      lxclayer verify --rebuild postgresql
+    """
+    from .verify import verify_rebuild
+
+    project = _project(ctx)
+    diffs = verify_rebuild(project, _store(ctx), list(layers), events=Printer())
+    bad = 0
+    for name, lines in diffs.items():
+        if lines:
+            bad += 1
+            click.echo(f"{name}: not reproducible")
+            for line in lines:
+                click.echo(f"  {line}")
+        else:
+            click.echo(f"{name}: reproducible")
+    sys.exit(1 if bad else 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="lxclayer", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("lxclayer: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except UserError as e:
+        click.echo(f"lxclayer: error: {e.message()}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("lxclayer: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

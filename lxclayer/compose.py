@@ -1,0 +1,215 @@
+"""Compose: write the merged stack as one deterministic, compressed template archive.
+
+The tar stream is cut into chunks at entry boundaries chosen by content (a boundary falls after
+an entry whose key hash says so, once the chunk holds enough bytes), and every chunk is
+compressed on its own: a gzip member or a zstd frame. Concatenated, they are one valid stream
+that GNU tar, Python's tarfile and `pct create` read as usual. A chunk's key is the digest of
+what it holds (each entry's header and content hash) and of the compressor, so after an edit
+only the chunks around the edited entries are compressed again; the rest is copied from the
+store. The bytes do not depend on the number of cores or on what was cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xxhash
+import zstandard
+
+from . import tarformat
+from .errors import BuildError
+from .manifest import Entry
+from .store import Store, _fsync_dir
+
+CHUNKING = "chunked/1"
+MIN_CHUNK = 2 << 20  # no boundary before a chunk holds this many bytes
+MAX_CHUNK = 16 << 20  # always a boundary after this many bytes
+BOUNDARY_MASK = 0x7  # after MIN_CHUNK, one entry in 8 (by key hash) ends a chunk
+GZIP_LEVEL = 6
+ZSTD_LEVEL = 3
+FORMATS = ("tar.gz", "tar.zst")
+
+
+def compressor_id(fmt: str) -> str:
+    if fmt == "tar.gz":
+        return f"zlib {zlib.ZLIB_RUNTIME_VERSION} level {GZIP_LEVEL} {CHUNKING}"
+    if fmt == "tar.zst":
+        return f"zstd {zstandard.ZSTD_VERSION[0]}.{zstandard.ZSTD_VERSION[1]}.{zstandard.ZSTD_VERSION[2]} level {ZSTD_LEVEL} {CHUNKING}"
+    raise ValueError(fmt)
+
+
+def compress(fmt: str, data: bytes) -> bytes:
+    """One self-contained gzip member (no name, mtime 0) or zstd frame."""
+    if fmt == "tar.gz":
+        c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        return c.compress(data) + c.flush()
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(data)
+
+
+@dataclass
+class Chunk:
+    key: str
+    raw_size: int
+    entries: list[tuple[Entry, bytes]] = field(default_factory=list)  # entry, its header
+    prefix: bytes = b""  # the root directory's header, in the first chunk
+
+
+def plan_chunks(entries: list[Entry], fmt: str, mtime: int) -> Iterator[Chunk]:
+    """Group entries into chunks; the boundaries depend only on the entries themselves."""
+    cid = compressor_id(fmt).encode()
+    root = tarformat.root_header(mtime)
+    h = xxhash.xxh3_128(cid)
+    h.update(root)
+    chunk = Chunk(key="", raw_size=len(root), prefix=root)
+    for e in entries:
+        head = tarformat.header(e)
+        size = len(head)
+        if e.type == "file":
+            size += e.size + (-e.size % tarformat.BLOCK)
+        h.update(head)
+        h.update(e.hash.encode())
+        chunk.entries.append((e, head))
+        chunk.raw_size += size
+        cut = chunk.raw_size >= MAX_CHUNK or (
+            chunk.raw_size >= MIN_CHUNK and (xxhash.xxh32_intdigest(head + e.hash.encode()) & BOUNDARY_MASK) == 0
+        )
+        if cut:
+            chunk.key = h.hexdigest()
+            yield chunk
+            h = xxhash.xxh3_128(cid)
+            chunk = Chunk(key="", raw_size=0)
+    if chunk.entries or chunk.prefix:
+        chunk.key = h.hexdigest()
+        yield chunk
+
+
+@dataclass
+class ComposeResult:
+    path: Path
+    sha256: str
+    size: int
+    chunks: int = 0
+    reused: int = 0
+    raw_size: int = 0
+
+
+class _ChunkCache:
+    """Compressed chunks in the store, each prefixed with the xxh3-128 of its bytes."""
+
+    def __init__(self, store: Store, fmt: str):
+        self.store = store
+        self.fmt = fmt
+
+    def get(self, key: str) -> bytes | None:
+        path = self.store.chunk_path(f"{self.fmt}-{key}")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(data) < 16 or xxhash.xxh3_128_digest(data[16:]) != data[:16]:
+            path.unlink(missing_ok=True)  # damaged: made again below
+            return None
+        return data[16:]
+
+    def put(self, key: str, payload: bytes) -> None:
+        path = self.store.chunk_path(f"{self.fmt}-{key}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = self.store.root / "tmp" / f"{os.urandom(8).hex()}.part-{os.getpid()}"
+        with open(part, "wb") as f:
+            f.write(xxhash.xxh3_128_digest(payload))
+            f.write(payload)
+        os.replace(part, path)
+
+
+def _raw(chunk: Chunk, store: Store) -> bytes:
+    parts = [chunk.prefix]
+    for e, head in chunk.entries:
+        parts.append(head)
+        if e.type == "file":
+            data = store.read_blob(e.hash)
+            if len(data) != e.size:
+                raise BuildError(f"blob of {e.path!r} has {len(data)} bytes, manifest says {e.size}")
+            parts.append(data)
+            parts.append(tarformat.padding(e.size))
+    return b"".join(parts)
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Partial archives of killed builds (never read, but clutter)."""
+    from .store import _pid_alive
+
+    for part in out.parent.glob(f".{out.name}.*.part"):
+        pid = part.name[len(out.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            part.unlink(missing_ok=True)
+
+
+def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: int,
+            jobs: int | None = None, progress: Callable[[int, int], None] | None = None) -> ComposeResult:
+    """Write `entries` (merged, archive order) as `out`; atomically, with its sha256."""
+    if fmt not in FORMATS:
+        raise BuildError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    jobs = jobs or os.cpu_count() or 1
+    cache = _ChunkCache(store, fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".part")
+    sha = hashlib.sha256()
+    size = raw_total = nchunks = reused = 0
+
+    def make(chunk: Chunk) -> bytes:
+        payload = compress(fmt, _raw(chunk, store))
+        cache.put(chunk.key, payload)
+        return payload
+
+    try:
+        with os.fdopen(fd, "wb") as f, ThreadPoolExecutor(max_workers=jobs) as pool:
+            pending: deque[Future[bytes]] = deque()
+
+            def drain(limit: int) -> None:
+                nonlocal size
+                while len(pending) > limit:
+                    data = pending.popleft().result()
+                    f.write(data)
+                    sha.update(data)
+                    size += len(data)
+
+            for chunk in plan_chunks(entries, fmt, mtime):
+                nchunks += 1
+                raw_total += chunk.raw_size
+                cached = cache.get(chunk.key)
+                if cached is not None:
+                    reused += 1
+                    fut: Future[bytes] = Future()
+                    fut.set_result(cached)
+                else:
+                    fut = pool.submit(make, chunk)
+                pending.append(fut)
+                drain(2 * jobs)
+                if progress:
+                    progress(nchunks, reused)
+            drain(0)
+            end = compress(fmt, tarformat.trailer(raw_total))
+            f.write(end)
+            sha.update(end)
+            size += len(end)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return ComposeResult(path=out, sha256=sha.hexdigest(), size=size, chunks=nchunks,
+                         reused=reused, raw_size=raw_total)

@@ -1,0 +1,323 @@
+"""Layer and template definitions: decoding, validation and the stack order.
+
+A project is a folder holding `layers/template.toml` (the template) and one folder per layer
+with a `layer.toml` and the files beside it. Every definition is decoded with msgspec into typed
+structs; every problem becomes a :class:`~lxclayer.errors.DefinitionError` naming the file, the
+key and the reason.
+
+The settings of each layer kind are declared by its builder module (see
+:mod:`lxclayer.builders`); this module knows only what all kinds share.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import msgspec
+
+from .boottest.spec import Check, Fault
+from .errors import DefinitionError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+_-]*$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~]*$")
+MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
+
+TEMPLATE_FILE = "template.toml"
+LAYER_FILE = "layer.toml"
+
+Format = Literal["tar.gz", "tar.zst"]
+
+
+class LayerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
+    """Settings every layer kind has. Builders subclass it with `tag="<kind>"`."""
+
+    description: str = ""
+    # Layers that must stand below this one in the stack.
+    requires: list[str] = []
+
+
+class Template(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    version: str
+    release: int = 1
+    arch: str = "amd64"
+    formats: list[Format] = msgspec.field(default_factory=lambda: ["tar.gz"])
+    source_date_epoch: int
+    layers: list[str]
+    checks: list[Check] = []
+    faults: list[Fault] = []
+
+    @property
+    def basename(self) -> str:
+        return f"{self.name}_{self.version}-{self.release}_{self.arch}"
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    dir: Path
+    file: Path
+    spec: LayerSpec
+
+    @property
+    def kind(self) -> str:
+        return type(self.spec).__struct_config__.tag  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    template_file: Path
+    template: Template
+    layers: tuple[Layer, ...]  # in stack order, bottom first
+
+    @property
+    def layers_dir(self) -> Path:
+        return self.template_file.parent
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "locks" / f"{self.template.name}.lock"
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def below(self, name: str) -> tuple[Layer, ...]:
+        """The layers under `name` in the stack, bottom first."""
+        for i, layer in enumerate(self.layers):
+            if layer.name == name:
+                return self.layers[:i]
+        raise KeyError(name)
+
+
+# --- helpers shared with the builders -------------------------------------------------------
+
+
+def rel(path: Path, root: Path | None = None) -> str:
+    """A path as the user should see it in a message: relative to `root` or the cwd if inside."""
+    for base in (root, Path.cwd()):
+        if base is None:
+            continue
+        try:
+            return str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def msgspec_key(err: msgspec.ValidationError) -> tuple[str | None, str]:
+    """Split msgspec's `reason - at `$.a.b[0]`` into ('a.b[0]', reason)."""
+    text = str(err)
+    key: str | None = None
+    m = re.search(r" - at `\$(.*)`$", text)
+    if m:
+        key = m.group(1).lstrip(".") or None
+        text = text[: m.start()]
+    m = re.match(r"Object contains unknown field `(.+)`", text)
+    if m:
+        key = f"{key}.{m.group(1)}" if key else m.group(1)
+        text = "unknown key (check the spelling; docs/layers.md lists the keys)"
+    m = re.match(r"Object missing required field `(.+)`", text)
+    if m:
+        key = f"{key}.{m.group(1)}" if key else m.group(1)
+        text = "required key is missing"
+    return key, text
+
+
+def read_toml(file: Path, root: Path | None = None) -> dict[str, Any]:
+    shown = rel(file, root)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise DefinitionError("file not found", file=shown) from None
+    except OSError as e:
+        raise DefinitionError(f"cannot read: {e.strerror}", file=shown) from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DefinitionError("not UTF-8 text", file=shown) from None
+    except tomllib.TOMLDecodeError as e:
+        raise DefinitionError(f"invalid TOML: {e}", file=shown) from None
+
+
+def decode(data: dict[str, Any], typ: Any, file: str) -> Any:
+    try:
+        return msgspec.convert(data, typ)
+    except msgspec.ValidationError as e:
+        key, reason = msgspec_key(e)
+        raise DefinitionError(reason, file=file, key=key) from None
+
+
+def container_path(value: str, *, file: str, key: str) -> str:
+    """Normalise a path inside the root file system: `/etc/x` and `etc/x` both give `etc/x`.
+
+    Refuses empty paths, NUL bytes, and any `..` component (a path must not leave the root)."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise DefinitionError("must be a non-empty path", file=file, key=key)
+    parts = [p for p in PurePosixPath(value).parts if p not in ("/", ".")]
+    if any(p == ".." for p in parts):
+        raise DefinitionError(f"path {value!r} leaves the root file system ('..')", file=file, key=key)
+    if not parts:
+        raise DefinitionError(f"path {value!r} names the root itself", file=file, key=key)
+    return "/".join(parts)
+
+
+def parse_mode(value: str | int, *, file: str, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= 0o7777:
+            return value
+    elif isinstance(value, str) and MODE_RE.match(value):
+        return int(value, 8)
+    raise DefinitionError(
+        f"mode {value!r} is not an octal mode like \"0644\" or 0o644", file=file, key=key
+    )
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def find_project(start: Path | None = None) -> Path:
+    """The project root: the nearest folder at or above `start` holding layers/template.toml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "layers" / TEMPLATE_FILE).is_file():
+            return folder
+    raise DefinitionError(
+        "no layers/template.toml here or in any parent folder (use --project DIR)",
+        file=str(here),
+    )
+
+
+def load_template(file: Path, root: Path) -> Template:
+    shown = rel(file, root)
+    data = read_toml(file, root)
+    tpl: Template = decode(data, Template, shown)
+    if not NAME_RE.match(tpl.name):
+        raise DefinitionError(
+            f"{tpl.name!r} is not a valid name (lower-case letters, digits, '.', '+', '_', '-')",
+            file=shown, key="name",
+        )
+    if not VERSION_RE.match(tpl.version) or "_" in tpl.version:
+        raise DefinitionError(f"{tpl.version!r} is not a valid version", file=shown, key="version")
+    if tpl.release < 1:
+        raise DefinitionError("must be 1 or more", file=shown, key="release")
+    if not NAME_RE.match(tpl.arch):
+        raise DefinitionError(f"{tpl.arch!r} is not a valid architecture", file=shown, key="arch")
+    if not tpl.formats:
+        raise DefinitionError("at least one format is needed", file=shown, key="formats")
+    if tpl.source_date_epoch < 0 or tpl.source_date_epoch > 2**33:
+        raise DefinitionError("must be a Unix time in seconds", file=shown, key="source_date_epoch")
+    if not tpl.layers:
+        raise DefinitionError("the template has no layers", file=shown, key="layers")
+    seen: set[str] = set()
+    for i, name in enumerate(tpl.layers):
+        if name in seen:
+            raise DefinitionError(
+                f"layer {name!r} is listed twice", file=shown, key=f"layers[{i}]"
+            )
+        seen.add(name)
+    return tpl
+
+
+def load_layer(name: str, layers_dir: Path, root: Path, *, listed_in: str, key: str) -> Layer:
+    from .builders import registry
+
+    folder = layers_dir / name
+    if not NAME_RE.match(name):
+        raise DefinitionError(f"{name!r} is not a valid layer name", file=listed_in, key=key)
+    file = folder / LAYER_FILE
+    if not file.is_file():
+        raise DefinitionError(
+            f"layer {name!r} has no {rel(file, root)}", file=listed_in, key=key
+        )
+    shown = rel(file, root)
+    data = read_toml(file, root)
+    kind = data.get("kind")
+    kinds = registry()
+    if kind is None:
+        raise DefinitionError(
+            f"required key is missing (one of: {', '.join(sorted(kinds))})", file=shown, key="kind"
+        )
+    if kind not in kinds:
+        raise DefinitionError(
+            f"unknown layer kind {kind!r} (known: {', '.join(sorted(kinds))})",
+            file=shown, key="kind",
+        )
+    builder = kinds[kind]
+    spec = decode(data, builder.Settings, shown)
+    for i, req in enumerate(spec.requires):
+        if not NAME_RE.match(req):
+            raise DefinitionError(f"{req!r} is not a valid layer name", file=shown, key=f"requires[{i}]")
+    layer = Layer(name=name, dir=folder, file=file, spec=spec)
+    builder.validate(layer, shown)
+    return layer
+
+
+def stack_order(tpl: Template, layers: dict[str, Layer], template_file: str, root: Path) -> list[Layer]:
+    """Order the layers so that each stands above what it requires.
+
+    Stable: among the layers whose requirements are met, the one listed first in the template
+    comes first. A requirement that is not in the template, or a cycle, is an error."""
+    for name in tpl.layers:
+        layer = layers[name]
+        for i, req in enumerate(layer.spec.requires):
+            if req not in layers:
+                raise DefinitionError(
+                    f"requires layer {req!r}, which the template does not list"
+                    f" ({template_file}: layers)",
+                    file=rel(layer.file, root), key=f"requires[{i}]",
+                )
+            if req == name:
+                raise DefinitionError("a layer cannot require itself", file=rel(layer.file, root), key=f"requires[{i}]")
+    placed: list[Layer] = []
+    done: set[str] = set()
+    pending = list(tpl.layers)
+    while pending:
+        for name in pending:
+            if all(r in done for r in layers[name].spec.requires):
+                placed.append(layers[name])
+                done.add(name)
+                pending.remove(name)
+                break
+        else:
+            cycle = _find_cycle(pending, layers)
+            raise DefinitionError(
+                "the layers require each other in a cycle: " + " -> ".join(cycle),
+                file=rel(layers[cycle[0]].file, root), key="requires",
+            )
+    return placed
+
+
+def _find_cycle(names: list[str], layers: dict[str, Layer]) -> list[str]:
+    pending = set(names)
+    start = names[0]
+    path = [start]
+    while True:
+        nxt = next(r for r in layers[path[-1]].spec.requires if r in pending)
+        if nxt in path:
+            return path[path.index(nxt):] + [nxt]
+        path.append(nxt)
+
+
+def load_project(root: Path | None = None, template_file: Path | None = None) -> Project:
+    """Load and validate a whole project: the template and every layer it lists."""
+    if template_file is not None:
+        template_file = template_file.resolve()
+        root = (root or template_file.parent.parent).resolve()
+    else:
+        root = (root.resolve() if root else find_project())
+        template_file = root / "layers" / TEMPLATE_FILE
+    tpl = load_template(template_file, root)
+    shown = rel(template_file, root)
+    layers: dict[str, Layer] = {}
+    for i, name in enumerate(tpl.layers):
+        layers[name] = load_layer(name, template_file.parent, root, listed_in=shown, key=f"layers[{i}]")
+    ordered = stack_order(tpl, layers, shown, root)
+    return Project(root=root, template_file=template_file, template=tpl, layers=tuple(ordered))

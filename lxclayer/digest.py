@@ -1,0 +1,54 @@
+"""Digests: xxh3-128 over a canonical msgspec encoding, and content hashes of files.
+
+Every digest lxclayer computes is the hex of an xxh3-128 hash. Structured data is hashed over
+its msgpack encoding with map keys sorted, so that the digest depends on the data only, never
+on the order in which a dict was filled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import xxhash
+
+_encoder = msgspec.msgpack.Encoder(order="sorted")
+
+CHUNK = 1 << 20
+
+
+def canonical(obj: Any) -> bytes:
+    """The canonical bytes of `obj` (structs, dicts, lists, strings, numbers)."""
+    return _encoder.encode(obj)
+
+
+def digest(obj: Any) -> str:
+    """xxh3-128 of the canonical encoding of `obj`, as 32 hex digits."""
+    return xxhash.xxh3_128_hexdigest(canonical(obj))
+
+
+def digest_bytes(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def normalise_text(data: bytes) -> bytes:
+    """Text with CRLF line endings made LF; anything holding a NUL byte is binary and kept.
+
+    Checkouts on some systems turn LF into CRLF; a template must not change because of that."""
+    if b"\r\n" in data and b"\0" not in data:
+        return data.replace(b"\r\n", b"\n")
+    return data
+
+
+def hash_file(path, chunk: int = CHUNK) -> tuple[str, int]:
+    """xxh3-128 and size of a file's bytes, read in chunks."""
+    h = xxhash.xxh3_128()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size

@@ -1,0 +1,465 @@
+"""The content-addressed store.
+
+Layout under the store root:
+
+    layers/<input digest>/manifest    the layer's manifest (msgpack)
+    layers/<input digest>/meta.json   output digest, builder, resolved artifacts, input record
+    blobs/<hh>/<xxh3-128>             file contents, named by their hash
+    artifacts/<hh>/<sha256>           downloaded .deb, wheels, tarballs, named by their sha256
+    chunks/<hh>/<key>                 compressed archive chunks (see compose)
+    tmp/                              staging; everything appears elsewhere by rename
+    locks/                            lock files
+
+Entries appear atomically (staged in tmp/, then renamed), so a killed build never leaves half an
+entry. Reading an entry checks the manifest against the recorded output digest; reading a blob
+checks its hash. Builds hold the store lock shared, `gc` holds it exclusive; building one layer
+holds that layer's lock, so two concurrent builds of the same layer build it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+import xxhash
+
+from .digest import CHUNK, digest
+from .errors import StoreCorruption, UserError
+from .lock.model import Artifact
+from .manifest import Entry
+
+STORE_FORMAT = "1"
+
+
+class LayerMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    input: str
+    output: str
+    kind: str
+    builder: str
+    layer: str = ""  # the name of the layer it was first built for (informational)
+    artifacts: dict[str, dict[str, Artifact]] = {}
+    record: dict[str, Any] = {}  # the input record that hashes to `input`
+
+
+class LayerEntry(msgspec.Struct, kw_only=True, frozen=True):
+    meta: LayerMeta
+    entries: list[Entry]
+
+    @property
+    def input(self) -> str:
+        return self.meta.input
+
+    @property
+    def output(self) -> str:
+        return self.meta.output
+
+
+_manifest_enc = msgspec.msgpack.Encoder()
+_manifest_dec = msgspec.msgpack.Decoder(list[Entry])
+_meta_dec = msgspec.json.Decoder(LayerMeta)
+
+
+def default_root() -> Path:
+    env = os.environ.get("LXCLAYER_STORE")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "lxclayer" / "store"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `path` so that a reader sees the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class Store:
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else default_root()
+        self._shared_fd: int | None = None
+
+    # --- layout -------------------------------------------------------------------------------
+
+    def _init(self) -> None:
+        try:
+            for sub in ("layers", "blobs", "artifacts", "chunks", "composed", "tmp", "locks"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the store: {e.strerror}", file=str(self.root)) from None
+        fmt = self.root / "FORMAT"
+        if not fmt.exists():
+            atomic_write(fmt, STORE_FORMAT.encode() + b"\n")
+        elif fmt.read_text().strip() != STORE_FORMAT:
+            raise UserError(
+                f"store format {fmt.read_text().strip()!r} is not {STORE_FORMAT!r}; use another --store",
+                file=str(self.root),
+            )
+
+    def layer_dir(self, input_digest: str) -> Path:
+        return self.root / "layers" / input_digest
+
+    def blob_path(self, h: str) -> Path:
+        return self.root / "blobs" / h[:2] / h
+
+    def artifact_path(self, sha256: str) -> Path:
+        return self.root / "artifacts" / sha256[:2] / sha256
+
+    def chunk_path(self, key: str) -> Path:
+        return self.root / "chunks" / key[:2] / key
+
+    # --- locking ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def session(self, exclusive: bool = False) -> Iterator[Store]:
+        """Hold the store for a build (shared) or for gc (exclusive); clean stale staging."""
+        self._init()
+        fd = os.open(self.root / "locks" / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            self._clean_tmp()
+            yield self
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def layer_lock(self, input_digest: str) -> Iterator[None]:
+        fd = os.open(self.root / "locks" / f"{input_digest}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def staging(self, prefix: str = "stage") -> Iterator[Path]:
+        """A fresh folder under tmp/, removed afterwards; locked while in use so that a later
+        run can tell an abandoned one (from a killed build) from one in use."""
+        tmp = self.root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{prefix}-"))
+        fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            _rmtree(path)
+            with contextlib.suppress(OSError):
+                os.unlink(str(path) + ".lock")
+            os.close(fd)
+
+    def _clean_tmp(self) -> None:
+        tmp = self.root / "tmp"
+        for lock in tmp.glob("*.lock"):
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            try:
+                _rmtree(Path(str(lock)[: -len(".lock")]))
+                lock.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        # Loose files from interrupted blob or chunk writes.
+        for stray in tmp.glob("*.part-*"):
+            try:
+                pid = int(stray.name.rsplit("-", 1)[1])
+            except ValueError:
+                continue
+            if not _pid_alive(pid):
+                stray.unlink(missing_ok=True)
+
+    # --- blobs --------------------------------------------------------------------------------
+
+    def has_blob(self, h: str) -> bool:
+        return self.blob_path(h).exists()
+
+    def _publish_file(self, staged: Path, final: Path, mode: int = 0o444) -> None:
+        os.chmod(staged, mode)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
+
+    def _part(self) -> Path:
+        return self.root / "tmp" / f"{os.urandom(8).hex()}.part-{os.getpid()}"
+
+    def put_blob(self, data: bytes) -> str:
+        h = xxhash.xxh3_128_hexdigest(data)
+        if not self.has_blob(h):
+            part = self._part()
+            part.write_bytes(data)
+            self._publish_file(part, self.blob_path(h))
+        return h
+
+    def put_blob_file(self, src: Path | str) -> tuple[str, int]:
+        """Copy a file's bytes into the blob area; returns (hash, size)."""
+        part = self._part()
+        h = xxhash.xxh3_128()
+        size = 0
+        try:
+            with open(src, "rb") as fin, open(part, "wb") as fout:
+                while True:
+                    block = fin.read(CHUNK)
+                    if not block:
+                        break
+                    h.update(block)
+                    fout.write(block)
+                    size += len(block)
+            digest_hex = h.hexdigest()
+            if self.has_blob(digest_hex):
+                part.unlink()
+            else:
+                self._publish_file(part, self.blob_path(digest_hex))
+            return digest_hex, size
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+
+    def read_blob(self, h: str, *, layer: str | None = None) -> bytes:
+        """A blob's bytes, checked against its name."""
+        path = self.blob_path(h)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreCorruption(f"blob {h} is missing", entry=str(path), layer=layer) from None
+        if xxhash.xxh3_128_hexdigest(data) != h:
+            raise StoreCorruption(f"blob {h} does not match its hash", entry=str(path), layer=layer)
+        return data
+
+    def copy_blob_to(self, h: str, dest: BinaryIO, *, layer: str | None = None) -> int:
+        """Stream a blob into an open file, checking its hash; returns the size."""
+        path = self.blob_path(h)
+        hh = xxhash.xxh3_128()
+        size = 0
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise StoreCorruption(f"blob {h} is missing", entry=str(path), layer=layer) from None
+        with f:
+            while True:
+                block = f.read(CHUNK)
+                if not block:
+                    break
+                hh.update(block)
+                dest.write(block)
+                size += len(block)
+        if hh.hexdigest() != h:
+            raise StoreCorruption(f"blob {h} does not match its hash", entry=str(path), layer=layer)
+        return size
+
+    # --- artifacts (.deb, wheels, tarballs) ------------------------------------------------------
+
+    def has_artifact(self, sha256: str) -> bool:
+        return self.artifact_path(sha256).exists()
+
+    def put_artifact_file(self, src: Path, sha256: str, *, name: str) -> Path:
+        """Move a downloaded file into the store if its sha256 is the expected one."""
+        actual = sha256_file(src)
+        if actual != sha256:
+            src.unlink(missing_ok=True)
+            raise UserError(f"{name}: sha256 is {actual}, expected {sha256}")
+        final = self.artifact_path(sha256)
+        self._publish_file(src, final)
+        return final
+
+    def artifact(self, sha256: str, *, name: str) -> Path | None:
+        """The stored artifact, checked; a corrupt one is removed and reported as missing."""
+        path = self.artifact_path(sha256)
+        if not path.exists():
+            return None
+        if sha256_file(path) != sha256:
+            path.unlink(missing_ok=True)
+            return None
+        return path
+
+    # --- layer entries ------------------------------------------------------------------------
+
+    def lookup(self, input_digest: str, *, layer: str | None = None) -> LayerEntry | None:
+        """The entry stored under `input_digest`, with its manifest checked; None if absent.
+
+        A damaged entry raises StoreCorruption."""
+        d = self.layer_dir(input_digest)
+        try:
+            meta_bytes = (d / "meta.json").read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            meta = _meta_dec.decode(meta_bytes)
+            entries = _manifest_dec.decode((d / "manifest").read_bytes())
+        except (msgspec.DecodeError, FileNotFoundError) as e:
+            raise StoreCorruption(f"store entry is unreadable ({e})", entry=str(d), layer=layer) from None
+        if meta.input != input_digest:
+            raise StoreCorruption("store entry is filed under the wrong digest", entry=str(d), layer=layer)
+        if digest(entries) != meta.output:
+            raise StoreCorruption(
+                "manifest does not match the recorded output digest", entry=str(d), layer=layer
+            )
+        return LayerEntry(meta=meta, entries=entries)
+
+    def verify(self, entry: LayerEntry, *, layer: str | None = None) -> None:
+        """Check every blob the entry refers to, byte for byte."""
+        for e in entry.entries:
+            if e.type == "file":
+                path = self.blob_path(e.hash)
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    raise StoreCorruption(
+                        f"blob {e.hash} of {e.path!r} is missing", entry=str(self.layer_dir(entry.input)), layer=layer
+                    ) from None
+                if size != e.size:
+                    raise StoreCorruption(
+                        f"blob {e.hash} of {e.path!r} has the wrong size",
+                        entry=str(self.layer_dir(entry.input)), layer=layer,
+                    )
+                self.read_blob(e.hash, layer=layer)
+
+    def verify_quick(self, entry: LayerEntry, *, layer: str | None = None) -> None:
+        """Check that every blob the entry names is there with the right size (content is
+        checked whenever a blob is read)."""
+        for e in entry.entries:
+            if e.type != "file":
+                continue
+            try:
+                size = os.stat(self.blob_path(e.hash)).st_size
+            except FileNotFoundError:
+                raise StoreCorruption(f"blob {e.hash} of {e.path!r} is missing",
+                                      entry=str(self.layer_dir(entry.input)), layer=layer) from None
+            if size != e.size:
+                raise StoreCorruption(f"blob {e.hash} of {e.path!r} has the wrong size",
+                                      entry=str(self.layer_dir(entry.input)), layer=layer)
+
+    # --- composed archives (a stat cache, so that a no-op build does not hash the archive) ---
+
+    def composed(self, key: str) -> dict[str, Any] | None:
+        try:
+            return msgspec.json.decode((self.root / "composed" / f"{key}.json").read_bytes())
+        except (FileNotFoundError, msgspec.DecodeError):
+            return None
+
+    def record_composed(self, key: str, path: Path, sha256: str, size: int) -> None:
+        st = os.stat(path)
+        rec = {"sha256": sha256, "size": size, "stat": [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]}
+        atomic_write(self.root / "composed" / f"{key}.json", msgspec.json.encode(rec))
+
+    def output_matches(self, path: Path, known: dict[str, Any]) -> bool:
+        """Whether `path` still holds the archive recorded: by stat, or by sha256 when in doubt."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        if st.st_size != known["size"]:
+            return False
+        if [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] == known.get("stat"):
+            ok = True
+        else:
+            ok = sha256_file(path) == known["sha256"]
+        sha_file = path.with_name(path.name + ".sha256")
+        if ok and not sha_file.exists():
+            atomic_write(sha_file, f"{known['sha256']}  {path.name}\n".encode())
+        return ok
+
+    def publish(self, meta: LayerMeta, entries: list[Entry]) -> LayerEntry:
+        """Store a built layer under its input digest, atomically."""
+        for e in entries:
+            if e.type == "file" and not self.has_blob(e.hash):
+                raise RuntimeError(f"publish: blob of {e.path} not in store")
+        meta = msgspec.structs.replace(meta, output=digest(entries))
+        final = self.layer_dir(meta.input)
+        with self.staging("entry") as stage:
+            d = stage / "entry"
+            d.mkdir()
+            (d / "manifest").write_bytes(_manifest_enc.encode(entries))
+            (d / "meta.json").write_bytes(msgspec.json.format(msgspec.json.encode(meta)))
+            for f in d.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            try:
+                os.rename(d, final)
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # Someone else published it first; theirs stands.
+        _fsync_dir(final.parent)
+        return LayerEntry(meta=meta, entries=entries)
+
+    def remove_entry(self, input_digest: str) -> None:
+        """Take a damaged entry out of the store (renamed away first, so it is never half there)."""
+        d = self.layer_dir(input_digest)
+        if d.exists():
+            dead = self.root / "tmp" / f"dead-{input_digest}-{os.urandom(4).hex()}"
+            os.rename(d, dead)
+            _rmtree(dead)
+
+    def remove_blob(self, h: str) -> None:
+        self.blob_path(h).unlink(missing_ok=True)
+
+    def entries(self) -> Iterator[str]:
+        d = self.root / "layers"
+        if d.is_dir():
+            yield from sorted(p.name for p in d.iterdir())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            block = f.read(CHUNK)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _rmtree(path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+
+    def onerror(func, p, exc):  # make read-only folders writable and retry
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+        with contextlib.suppress(OSError):
+            func(p)
+
+    shutil.rmtree(path, onerror=onerror)

@@ -1,0 +1,103 @@
+"""Deterministic tar headers (POSIX pax) for manifest entries.
+
+Written by hand rather than with :mod:`tarfile` so that every byte is ours to decide: names
+start with `./`, owners are numeric with empty user and group names, there is no atime or
+ctime, and binary xattrs (`security.capability`) are written the way GNU tar reads them.
+"""
+
+from __future__ import annotations
+
+from .manifest import Entry
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # GNU tar's default record size: the archive is padded to a multiple
+
+_TYPEFLAG = {"file": b"0", "symlink": b"2", "char": b"3", "block": b"4", "dir": b"5", "fifo": b"6"}
+_MAX_OCTAL_8 = 0o7777777
+_MAX_OCTAL_12 = 0o77777777777
+
+
+def member_name(e: Entry) -> str:
+    return f"./{e.path}/" if e.type == "dir" else f"./{e.path}"
+
+
+def _octal(value: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, value)
+
+
+def _pax_record(key: str, value: bytes) -> bytes:
+    body = b" " + key.encode() + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(str(n).encode()) + len(body) != n:
+        n += 1
+    return str(n).encode() + body
+
+
+def _header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
+            linkname: bytes = b"", major: int = 0, minor: int = 0) -> bytes:
+    h = bytearray(BLOCK)
+    h[0:len(name)] = name
+    h[100:108] = _octal(mode, 8)
+    h[108:116] = _octal(uid, 8)
+    h[116:124] = _octal(gid, 8)
+    h[124:136] = _octal(size, 12)
+    h[136:148] = _octal(mtime, 12)
+    h[148:156] = b" " * 8
+    h[156:157] = typeflag
+    h[157:157 + len(linkname)] = linkname
+    h[257:265] = b"ustar\x0000"
+    h[329:337] = _octal(major, 8)
+    h[337:345] = _octal(minor, 8)
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def header(e: Entry) -> bytes:
+    """The header block(s) of an entry: a pax extended header where ustar cannot say it all."""
+    name = member_name(e).encode("utf-8", "surrogateescape")
+    link = e.target.encode("utf-8", "surrogateescape")
+    size = e.size if e.type == "file" else 0
+    pax: list[bytes] = []
+    if len(name) > 100 or not name.isascii():
+        pax.append(_pax_record("path", name))
+        name = name[:100]
+    if len(link) > 100 or not link.isascii():
+        pax.append(_pax_record("linkpath", link))
+        link = link[:100]
+    if size > _MAX_OCTAL_12:
+        pax.append(_pax_record("size", str(size).encode()))
+    mtime = e.mtime
+    if not 0 <= mtime <= _MAX_OCTAL_12:
+        pax.append(_pax_record("mtime", str(mtime).encode()))
+        mtime = 0
+    for key, value in sorted(e.xattrs.items()):
+        pax.append(_pax_record(f"SCHILY.xattr.{key}", value))
+    out = b""
+    if pax:
+        body = b"".join(pax)
+        out = _header(b"././@PaxHeader", 0o644, 0, 0, len(body), mtime, b"x")
+        out += body + b"\0" * (-len(body) % BLOCK)
+    out += _header(name, e.mode, e.uid, e.gid, size if size <= _MAX_OCTAL_12 else 0, mtime,
+                   _TYPEFLAG[e.type], link, e.major, e.minor)
+    return out
+
+
+def root_header(mtime: int) -> bytes:
+    return _header(b"./", 0o755, 0, 0, 0, mtime, b"5")
+
+
+def padding(size: int) -> bytes:
+    return b"\0" * (-size % BLOCK)
+
+
+def trailer(length_so_far: int) -> bytes:
+    """Two zero blocks, then zeros up to the end of the record."""
+    end = length_so_far + 2 * BLOCK
+    return b"\0" * (2 * BLOCK + (-end % RECORD))
+
+
+def fits(e: Entry) -> str | None:
+    """Why an entry cannot go into a template archive, or None."""
+    if e.uid > _MAX_OCTAL_8 or e.gid > _MAX_OCTAL_8:
+        return "uid/gid too large for a tar header"
+    return None

@@ -1,0 +1,131 @@
+"""Bad input is refused with exit code 2, a message naming the place, and no traceback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli
+
+
+def edit(path: str, old: str, new: str):
+    def apply(root: Path) -> None:
+        f = root / path
+        text = f.read_text()
+        assert old in text, (path, old)
+        f.write_text(text.replace(old, new, 1))
+    return apply
+
+
+def append(path: str, text: str):
+    def apply(root: Path) -> None:
+        f = root / path
+        f.write_text(f.read_text() + text)
+    return apply
+
+
+def prepend(path: str, text: str):
+    def apply(root: Path) -> None:
+        f = root / path
+        f.write_text(text + f.read_text())
+    return apply
+
+
+def write(path: str, data: bytes | str):
+    def apply(root: Path) -> None:
+        f = root / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return apply
+
+
+def symlink(path: str, target: str):
+    def apply(root: Path) -> None:
+        os.symlink(target, root / path)
+    return apply
+
+
+T = "layers/template.toml"
+C = "layers/config/layer.toml"
+B = "layers/base/layer.toml"
+E = "layers/extra/layer.toml"
+LOCK = "locks/test-tpl.lock"
+
+CASES = {
+    "template not toml": (write(T, "name = \n"), ["layers/template.toml", "invalid TOML"]),
+    "template not utf-8": (write(T, b"name = \"\xff\"\n"), ["layers/template.toml", "not UTF-8"]),
+    "template unknown key": (append(T, "nmae = 1\n"), ["layers/template.toml: key nmae: unknown key"]),
+    "template wrong type": (edit(T, "release = 1", 'release = "one"'), ["layers/template.toml: key release", "Expected `int`"]),
+    "template missing key": (edit(T, "source_date_epoch = 1700000000\n", ""), ["key source_date_epoch: required key is missing"]),
+    "template bad name": (edit(T, 'name = "test-tpl"', 'name = "Test Tpl"'), ["key name", "not a valid name"]),
+    "template no layers": (edit(T, 'layers = ["base", "config", "extra"]', "layers = []"), ["key layers", "no layers"]),
+    "template layer twice": (edit(T, '"extra"]', '"extra", "base"]'), ["key layers[3]", "listed twice"]),
+    "template missing layer": (edit(T, '"extra"]', '"extra", "ghost"]'), ["key layers[3]", "layers/ghost/layer.toml"]),
+    "template bad format": (edit(T, 'formats = ["tar.gz"]', 'formats = ["tar.bz2"]'), ["key formats[0]"]),
+    "layer without kind": (edit(C, 'kind = "files"\n', ""), ["layers/config/layer.toml: key kind: required key is missing"]),
+    "layer unknown kind": (edit(C, 'kind = "files"', 'kind = "docker"'), ["key kind", "unknown layer kind 'docker'"]),
+    "layer unknown key": (prepend(C, "colour = 1\n"), ["layers/config/layer.toml: key colour: unknown key"]),
+    "layer bad mode": (edit(C, 'mode = "0640"', 'mode = "999"'), ["key modes[0].mode", "not an octal mode"]),
+    "layer rule leaves root": (edit(C, 'path = "etc/redis/*.conf"', 'path = "etc/../../x"'), ["key modes[0].path", "leaves the root"]),
+    "layer delete escapes": (edit(E, 'delete = ["etc/obsolete.conf"]', 'delete = ["/../etc/shadow"]'), ["layers/extra/layer.toml: key delete[0]", "leaves the root"]),
+    "layer symlink escapes": (symlink("layers/config/root/etc/evil", "../../../../../../etc/shadow"), ["layers/config/root/etc/evil", "points outside the layer folder"]),
+    "layer absolute symlink": (symlink("layers/config/root/etc/abs", "/etc/shadow"), ["layers/config/root/etc/abs", "points outside the layer folder"]),
+    "requires cycle": (lambda r: (edit(C, 'requires = ["base"]', 'requires = ["extra"]')(r), prepend(E, 'requires = ["config"]\n')(r)),
+                       ["cycle", "config", "extra"]),
+    "requires unknown": (edit(C, 'requires = ["base"]', 'requires = ["nope"]'), ["layers/config/layer.toml: key requires[0]", "'nope'"]),
+    "import bad sha": (edit(B, 'sha256 = "', 'sha256 = "XYZ'), ["layers/base/layer.toml: key sha256", "64 lower-case hex"]),
+    "import missing file": (edit(B, 'path = "base.tar"', 'path = "nope.tar"'), ["layers/base/layer.toml: key path", "not found"]),
+    "import path escapes": (edit(B, 'path = "base.tar"', 'path = "../base/base.tar"'), ["layers/base/layer.toml: key path"]),
+    "import both path and url": (prepend(B, 'url = "https://example.invalid/x.tar"\n'), ["layers/base/layer.toml", "exactly one of"]),
+    "import sha mismatch": (write("layers/base/base.tar", b"not the tarball"), ["layers/base/layer.toml: key sha256", "expected"]),
+    "owner name unknown": (edit(C, 'group = "redis"', 'group = "valkey"'), ["layers/config/layer.toml: key modes", "group 'valkey' does not exist"]),
+    "owner id out of range": (edit(C, 'group = "redis"', "group = 70000"), ["key modes[0].group", "0..65535"]),
+    "added and deleted": (append(E, ""), None),  # placeholder replaced below
+    "lock not toml": (write(LOCK, "lock_version = \n"), ["locks/test-tpl.lock", "not valid TOML"]),
+    "lock unknown key": (write(LOCK, 'lock_version = 1\nbogus = 2\n[template]\nname = "test-tpl"\nversion = "1.0"\n'
+                                     'release = 1\narch = "amd64"\nsource_date_epoch = 1\ndefinition = "x"\n'
+                                     'layers = []\n[layers]\n'), ["locks/test-tpl.lock", "bogus"]),
+    "lock missing table": (write(LOCK, "lock_version = 1\n"), ["locks/test-tpl.lock", "key template"]),
+    "lock version": (write(LOCK, "lock_version = 99\n"), ["locks/test-tpl.lock", "lock_version"]),
+}
+CASES["added and deleted"] = (
+    edit(E, 'delete = ["etc/obsolete.conf"]', 'delete = ["etc/extra.conf"]'),
+    ["layers/extra/layer.toml: key delete[0]", "both added and deleted"],
+)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_2_naming_the_place(case, project_dir, store_dir):
+    mutate, expected = CASES[case]
+    mutate(project_dir)
+    r = run_cli("--project", str(project_dir), "--store", str(store_dir), "build")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("lxclayer: error: ")]
+    assert len(errors) == 1, r.stderr
+    for part in expected:
+        assert part in r.stderr, r.stderr
+    # nothing was written where a later run would trust it
+    assert not (project_dir / "dist").exists()
+    layers = store_dir / "layers"
+    assert not layers.exists() or len(list(layers.iterdir())) <= 3
+
+
+def test_locked_and_frozen_together_is_a_usage_error(project_dir, store_dir):
+    r = run_cli("--project", str(project_dir), "--store", str(store_dir), "build", "--locked", "--frozen")
+    assert r.returncode == 2
+    assert "exclude each other" in r.stderr
+
+
+def test_no_project_here(tmp_path):
+    r = run_cli("plan", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "no layers/template.toml" in r.stderr
+
+
+def test_unknown_layer_for_verify(project_dir, store_dir):
+    r = run_cli("--project", str(project_dir), "--store", str(store_dir), "verify", "--rebuild", "nope")
+    assert r.returncode == 2
+    assert "no layer 'nope'" in r.stderr
