@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 SDE = 1700000000
+# VFS_CAP_REVISION_2 | effective, permitted = CAP_NET_RAW (bit 13): what `setcap cap_net_raw+ep` writes.
+CAP_NET_RAW = "\x01\x00\x00\x02" + "\x00\x20\x00\x00" + "\x00" * 12
 
 TEMPLATE = """\
 name = "test-tpl"
@@ -50,7 +52,7 @@ def base_tarball(size_mb: int = 0) -> bytes:
         add("./etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\nredis:x:101:\n")
         add("./etc/obsolete.conf", tarfile.REGTYPE, 0o644, b"old\n")
         add("./usr/bin/ping", tarfile.REGTYPE, 0o755, b"\x7fELF fake ping\n",
-            pax_headers={"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00"})
+            pax_headers={"SCHILY.xattr.security.capability": CAP_NET_RAW})
         add("./usr/bin/sh", tarfile.SYMTYPE, 0o777, linkname="dash")
         add("./usr/bin/dash", tarfile.REGTYPE, 0o755, b"fake dash\n")
         add("./dev/null", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=3)
