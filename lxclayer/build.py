@@ -13,6 +13,7 @@ the archive. The lock is read before and written after, as the mode says:
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -385,8 +386,6 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
           jobs: int | None = None, events: Events | None = None,
           ignore_lock_pins: bool = False) -> BuildResult:
     """Build every layer that the store lacks, compose the archive(s), write the lock."""
-    from .check import check_members  # imported late: keeps start-up light
-
     events = events or Events()
     t0 = time.monotonic()
     out_dir = out_dir or project.root / "dist"
@@ -406,12 +405,8 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                     entries.append(entry)
                     plans.append(p)
                     events.layer_done(p)
-                merged = merge((e.entries for e in entries), mtime=project.template.source_date_epoch)
-                violations = check_members(_members(merged))
-                if violations:
-                    raise BuildError("the composed tree breaks the template rules:\n  " + "\n  ".join(
-                        f"./{v.path}: {v.message} ({v.rule})" for v in violations[:20]))
-                archives = [_compose_one(project, store, merged, fmt, out_dir, entries, jobs, events)
+                tree = _checked_tree(entries, project.template.source_date_epoch)
+                archives = [_compose_one(project, store, tree, fmt, out_dir, entries, jobs, events)
                             for fmt in formats]
                 break
             except StoreCorruption as e:
@@ -437,6 +432,23 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                        seconds=time.monotonic() - t0)
 
 
+def _checked_tree(entries: list[LayerEntry], mtime: int) -> Callable[[], list]:
+    """The merged tree, checked against the template rules; made only when first asked for
+    (a no-op build never needs it)."""
+    from .check import check_members  # imported late: keeps start-up light
+
+    @functools.cache
+    def tree() -> list:
+        merged = merge((e.entries for e in entries), mtime=mtime)
+        violations = check_members(_members(merged))
+        if violations:
+            raise BuildError("the composed tree breaks the template rules:\n  " + "\n  ".join(
+                f"{v.path}: {v.message} ({v.rule})" for v in violations[:20]))
+        return merged
+
+    return tree
+
+
 def _members(entries):
     from .check import Member
     from .tarformat import member_name
@@ -456,8 +468,8 @@ def _evict(store: Store, e: StoreCorruption) -> None:
         # entries whose manifests name the blob are caught by verify_quick on the next lookup
 
 
-def _compose_one(project: Project, store: Store, merged, fmt: str, out_dir: Path, entries: list[LayerEntry],
-                 jobs: int | None, events: Events) -> ArchiveInfo:
+def _compose_one(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
+                 entries: list[LayerEntry], jobs: int | None, events: Events) -> ArchiveInfo:
     path = archive_path(project, out_dir, fmt)
     key = digest({"outputs": [e.output for e in entries], "fmt": fmt, "compressor": composer.compressor_id(fmt),
                   "mtime": project.template.source_date_epoch})
@@ -468,7 +480,7 @@ def _compose_one(project: Project, store: Store, merged, fmt: str, out_dir: Path
         events.compose_done(info)
         return info
     events.compose_start(fmt, path)
-    res = composer.compose(merged, path, fmt, store, mtime=project.template.source_date_epoch, jobs=jobs,
+    res = composer.compose(tree(), path, fmt, store, mtime=project.template.source_date_epoch, jobs=jobs,
                            progress=lambda n, r: events.compose_progress(fmt, n, r))
     sha_file = path.with_name(path.name + ".sha256")
     from .store import atomic_write
