@@ -32,7 +32,7 @@ from .inputs import Artifacts, InputRecord, explain, settings_digest, settings_o
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
-from .sources import scan_sources
+from .sources import StatCache, cache_for, scan_sources
 from .store import LayerEntry, Store
 
 
@@ -96,8 +96,8 @@ class _Static:
     settings_data: dict[str, Any]
 
 
-def _static(layer: Layer, project: Project) -> _Static:
-    sources = {p: s.lock_value() for p, s in scan_sources(layer.dir, project.root).items()}
+def _static(layer: Layer, project: Project, cache: StatCache | None = None) -> _Static:
+    sources = {p: s.lock_value() for p, s in scan_sources(layer.dir, project.root, cache).items()}
     return _Static(sources=sources, settings=settings_digest(layer), settings_data=settings_of(layer))
 
 
@@ -143,12 +143,13 @@ def _old_settings(store: Store, locked: LockedLayer | None) -> dict[str, Any] | 
 
 def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mode.NORMAL) -> list[LayerPlan]:
     """Per layer: `cached` or `build`, and why. Builds nothing and resolves nothing."""
+    cache = cache_for(store.root, project.root) if store.root.is_dir() else None
     out: list[LayerPlan] = []
     outputs: list[str | None] = []
     entries: list[LayerEntry | None] = []
     for i, layer in enumerate(project.layers):
         mod = builder(layer.kind)
-        st = _static(layer, project)
+        st = _static(layer, project, cache)
         locked = lock.layers.get(layer.name) if lock else None
         p = LayerPlan(name=layer.name, kind=layer.kind, state="build")
         below_names = [la.name for la in project.layers[:i]]
@@ -202,6 +203,8 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
         out.append(p)
         outputs.append(p.output)
         entries.append(entry)
+    if cache is not None:
+        cache.save()
     return out
 
 
@@ -209,7 +212,7 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def check_locked(project: Project, store: Store, lock: Lockfile | None) -> None:
+def check_locked(project: Project, store: Store, lock: Lockfile | None, cache: StatCache | None = None) -> None:
     """Under --locked: refuse, listing every difference, unless the lock describes this build."""
     shown = rel(project.lock_file, project.root)
     if lock is None:
@@ -235,7 +238,7 @@ def check_locked(project: Project, store: Store, lock: Lockfile | None) -> None:
         if locked is None:
             continue
         mod = builder(layer.kind)
-        st = _static(layer, project)
+        st = _static(layer, project, cache)
         below = project.layers[:i]
         parents = [lock.layers[b.name].output if b.name in lock.layers else "" for b in below]
         rec = _record(layer, project, st, locked.artifacts if hasattr(mod, "resolve") else {},
@@ -283,9 +286,10 @@ def _lookup(store: Store, digest_: str, layer: Layer, mode: Mode, events: Events
 
 
 def realise_layer(project: Project, layer: Layer, store: Store, below: list[LayerEntry], lock: Lockfile | None,
-                  mode: Mode, offline: bool, events: Events) -> tuple[LayerEntry, LayerPlan]:
+                  mode: Mode, offline: bool, events: Events,
+                  cache: StatCache | None = None) -> tuple[LayerEntry, LayerPlan]:
     mod = builder(layer.kind)
-    st = _static(layer, project)
+    st = _static(layer, project, cache)
     locked = lock.layers.get(layer.name) if lock else None
     i = project.layers.index(layer)
     below_names = [la.name for la in project.layers[:i]]
@@ -393,15 +397,17 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
     lock_path = project.lock_file
     lock = locktoml.read(lock_path)
     with store.session():
+        cache = cache_for(store.root, project.root)
         if mode is Mode.LOCKED:
-            check_locked(project, store, lock)
+            check_locked(project, store, lock, cache)
         pins_from = None if ignore_lock_pins else lock
         for attempt in range(3):
             try:
                 entries: list[LayerEntry] = []
                 plans: list[LayerPlan] = []
                 for layer in project.layers:
-                    entry, p = realise_layer(project, layer, store, entries, pins_from, mode, offline, events)
+                    entry, p = realise_layer(project, layer, store, entries, pins_from, mode, offline, events,
+                                             cache)
                     entries.append(entry)
                     plans.append(p)
                     events.layer_done(p)
@@ -422,6 +428,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                         f"{a.path.name}: sha256 {a.sha256} differs from the lock's {want.sha256}"
                         " (the compressor or a layer is not reproducible here)",
                         file=rel(project.lock_file, project.root))
+        cache.save()
         wrote = False
         if write_lock and mode is Mode.NORMAL:
             new = _lock_from(project, entries, plans, archives)

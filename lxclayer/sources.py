@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import msgspec
+import xxhash
 
 from .definitions import LAYER_FILE, rel
 from .digest import digest_bytes, normalise_text
@@ -34,7 +36,49 @@ def read_source(path: Path) -> bytes:
     return normalise_text(path.read_bytes())
 
 
-def scan_sources(folder: Path, root: Path) -> dict[str, Source]:
+class StatCache:
+    """Content hashes of source files keyed by what stat says (device, inode, size, mtime, ctime),
+    so that a no-op build does not read every source again. A file changed within the last
+    two seconds is read anyway: its mtime may not yet tell a later change from this one."""
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, tuple[int, int, int, int, int, str]] = {}
+        self.dirty = False
+        if path is not None:
+            try:
+                self.entries = msgspec.msgpack.decode(path.read_bytes(), type=dict[str, tuple[int, int, int, int, int, str]])
+            except (FileNotFoundError, msgspec.DecodeError, ValueError):
+                self.entries = {}
+
+    def hash(self, p: Path, st: os.stat_result) -> str:
+        key = str(p)
+        sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        hit = self.entries.get(key)
+        if hit is not None and hit[:5] == sig:
+            return hit[5]
+        h = digest_bytes(read_source(p))
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > self.RACY_NS:
+            self.entries[key] = (*sig, h)
+            self.dirty = True
+        return h
+
+    def save(self) -> None:
+        if self.path is not None and self.dirty:
+            from .store import atomic_write
+
+            atomic_write(self.path, msgspec.msgpack.encode(self.entries))
+            self.dirty = False
+
+
+def cache_for(store_root: Path, project_root: Path) -> StatCache:
+    key = xxhash.xxh3_64_hexdigest(str(project_root.resolve()).encode())
+    return StatCache(store_root / "statcache" / f"{key}.msgpack")
+
+
+def scan_sources(folder: Path, root: Path, cache: StatCache | None = None) -> dict[str, Source]:
     """relative path -> Source, for every file and symlink in `folder` except layer.toml."""
     out: dict[str, Source] = {}
     base = folder.resolve()
@@ -62,9 +106,8 @@ def scan_sources(folder: Path, root: Path) -> dict[str, Source]:
             elif stat.S_ISDIR(st.st_mode):
                 walk(p, relpath + "/")
             elif stat.S_ISREG(st.st_mode):
-                out[relpath] = Source(
-                    hash=digest_bytes(read_source(p)), executable=bool(st.st_mode & stat.S_IXUSR)
-                )
+                h = cache.hash(p, st) if cache is not None else digest_bytes(read_source(p))
+                out[relpath] = Source(hash=h, executable=bool(st.st_mode & stat.S_IXUSR))
             else:
                 raise DefinitionError("not a regular file, folder or symlink", file=rel(p, root))
 
