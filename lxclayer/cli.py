@@ -366,6 +366,46 @@ def verify(ctx, rebuild, layers) -> None:
     sys.exit(1 if bad else 0)
 
 
+@cli.command("boot-test")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--timeout", type=float, default=600, show_default=True,
+              help="Seconds to wait for the container to boot and for each phase.")
+@click.option("--no-reboot", is_flag=True, help="Do not reboot the container and check again.")
+@click.option("--no-network", is_flag=True, help="Loopback only: no veth, bridge or DHCP.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.pass_context
+def boot_test(ctx, archive, timeout, no_reboot, no_network, as_json) -> None:
+    """Boot a template the way `pct create` and Proxmox would, and run the template's checks.
+
+    Unpacks ARCHIVE (default: the template's archive in dist/) as an unprivileged container,
+    applies what Proxmox changes at create, starts it with lxc, runs the `[[checks]]` and
+    `[[faults]]` of the template definition, reboots it and checks again. Needs root and
+    Debian's lxc, uidmap and systemd-container. Exit 0: every check passed; 1: some failed.
+
+    \b
+    Example:
+      lxclayer build --locked && lxclayer boot-test
+      lxclayer boot-test dist/debian-12-stock-analysis_1.0.0-1_amd64.tar.gz --json
+    """
+    from .boottest.run import boot_test as run_boot_test
+
+    project = _project(ctx)
+    tpl = project.template
+    if archive is None:
+        archive = project.root / "dist" / f"{tpl.basename}.{tpl.formats[0]}"
+        if not archive.exists():
+            raise UserError(f"{archive} does not exist: run `lxclayer build` first, or name an archive")
+    printer = Printer(quiet=as_json)
+    report = run_boot_test(archive, list(tpl.checks), list(tpl.faults), timeout=timeout,
+                           reboot=not no_reboot, network=not no_network,
+                           progress=lambda m: printer._line(f"  {m}"))
+    if as_json:
+        click.echo(report.to_json().decode())
+    else:
+        click.echo(report.to_table())
+    sys.exit(0 if report.ok else 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="lxclayer", standalone_mode=False)
