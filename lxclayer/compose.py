@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import xxhash
 import zstandard
 
@@ -30,7 +31,7 @@ from .errors import BuildError
 from .manifest import Entry
 from .store import Store, _fsync_dir
 
-CHUNKING = "chunked/1"
+CHUNKING = "chunked/2"
 MIN_CHUNK = 2 << 20  # no boundary before a chunk holds this many bytes
 MAX_CHUNK = 16 << 20  # always a boundary after this many bytes
 BOUNDARY_MASK = 0x7  # after MIN_CHUNK, one entry in 8 (by key hash) ends a chunk
@@ -59,28 +60,34 @@ def compress(fmt: str, data: bytes) -> bytes:
 class Chunk:
     key: str
     raw_size: int
-    entries: list[tuple[Entry, bytes]] = field(default_factory=list)  # entry, its header
+    entries: list[Entry] = field(default_factory=list)
     prefix: bytes = b""  # the root directory's header, in the first chunk
 
 
+_entry_encoder = msgspec.msgpack.Encoder()
+
+
 def plan_chunks(entries: list[Entry], fmt: str, mtime: int) -> Iterator[Chunk]:
-    """Group entries into chunks; the boundaries depend only on the entries themselves."""
+    """Group entries into chunks; the boundaries depend only on the entries themselves.
+
+    A chunk's key hashes the compressor and each entry's msgpack encoding (which determines its
+    tar header and, through the content hash, its data), so keys are cheap: no tar header is
+    built for a chunk that is found in the cache."""
     cid = compressor_id(fmt).encode()
     root = tarformat.root_header(mtime)
     h = xxhash.xxh3_128(cid)
     h.update(root)
     chunk = Chunk(key="", raw_size=len(root), prefix=root)
+    encode = _entry_encoder.encode
     for e in entries:
-        head = tarformat.header(e)
-        size = len(head)
+        b = encode(e)
+        h.update(b)
+        chunk.entries.append(e)
+        chunk.raw_size += tarformat.header_size(e)
         if e.type == "file":
-            size += e.size + (-e.size % tarformat.BLOCK)
-        h.update(head)
-        h.update(e.hash.encode())
-        chunk.entries.append((e, head))
-        chunk.raw_size += size
+            chunk.raw_size += e.size + (-e.size % tarformat.BLOCK)
         cut = chunk.raw_size >= MAX_CHUNK or (
-            chunk.raw_size >= MIN_CHUNK and (xxhash.xxh32_intdigest(head + e.hash.encode()) & BOUNDARY_MASK) == 0
+            chunk.raw_size >= MIN_CHUNK and (xxhash.xxh32_intdigest(b) & BOUNDARY_MASK) == 0
         )
         if cut:
             chunk.key = h.hexdigest()
@@ -132,8 +139,8 @@ class _ChunkCache:
 
 def _raw(chunk: Chunk, store: Store) -> bytes:
     parts = [chunk.prefix]
-    for e, head in chunk.entries:
-        parts.append(head)
+    for e in chunk.entries:
+        parts.append(tarformat.header(e))
         if e.type == "file":
             data = store.read_blob(e.hash)
             if len(data) != e.size:

@@ -7,6 +7,8 @@ ctime, and binary xattrs (`security.capability`) are written the way GNU tar rea
 
 from __future__ import annotations
 
+import struct
+
 from .manifest import Entry
 
 BLOCK = 512
@@ -33,23 +35,23 @@ def _pax_record(key: str, value: bytes) -> bytes:
     return str(n).encode() + body
 
 
+_HDR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+
+
 def _header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
             linkname: bytes = b"", major: int = 0, minor: int = 0) -> bytes:
-    h = bytearray(BLOCK)
-    h[0:len(name)] = name
-    h[100:108] = _octal(mode, 8)
-    h[108:116] = _octal(uid, 8)
-    h[116:124] = _octal(gid, 8)
-    h[124:136] = _octal(size, 12)
-    h[136:148] = _octal(mtime, 12)
-    h[148:156] = b" " * 8
-    h[156:157] = typeflag
-    h[157:157 + len(linkname)] = linkname
-    h[257:265] = b"ustar\x0000"
-    h[329:337] = _octal(major, 8)
-    h[337:345] = _octal(minor, 8)
-    h[148:156] = b"%06o\0 " % sum(h)
-    return bytes(h)
+    h = _HDR.pack(name, b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size,
+                  b"%011o\0" % mtime, b"        ", typeflag, linkname, b"ustar\x0000", b"", b"",
+                  b"%07o\0" % major, b"%07o\0" % minor, b"")
+    return h[:148] + b"%06o\0 " % sum(h) + h[156:]
+
+
+def header_size(e: Entry) -> int:
+    """len(header(e)), without building it for the common case of a plain ustar header."""
+    if not e.xattrs and len(e.path) < 96 and len(e.target) < 100 and e.path.isascii() and e.target.isascii():
+        if e.size <= _MAX_OCTAL_12 and 0 <= e.mtime <= _MAX_OCTAL_12:
+            return BLOCK
+    return len(header(e))
 
 
 def header(e: Entry) -> bytes:
