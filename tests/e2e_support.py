@@ -1,0 +1,32 @@
+"""Guards for end-to-end tests: skip with a reason when the machine lacks what a test needs,
+but FAIL instead when LXCLAYER_REQUIRE_E2E=1 (CI), so a missing tool cannot pass silently."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def e2e_required() -> bool:
+    return os.environ.get("LXCLAYER_REQUIRE_E2E") == "1"
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test, or fail it under LXCLAYER_REQUIRE_E2E=1."""
+    if e2e_required():
+        pytest.fail(f"{reason} (LXCLAYER_REQUIRE_E2E=1, so this is a failure, not a skip)",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        unavailable("needs root")
+
+
+def require_tools(*names: str) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        unavailable(f"needs {', '.join(missing)} on PATH")

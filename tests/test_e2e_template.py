@@ -1,0 +1,105 @@
+"""The stock-analysis template, end to end: `build --locked` from the repository's layers and
+lock, `lxclayer check`, no per-instance identity inside, and a boot test of every declared check.
+
+This is the test CI exists for: it builds the real template from an empty store (CI sets
+LXCLAYER_STORE to a fresh folder) and boots it the way Proxmox would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli
+from .e2e_support import require_root, require_tools
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Paths that would make every container from the template share an identity or a secret.
+FORBIDDEN = (
+    "./var/lib/rabbitmq/.erlang.cookie",
+    "./etc/ssl/private/ssl-cert-snakeoil.key",
+    "./etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "./var/lib/postgresql/15/main/",
+    "./etc/postgresql/15/main/",
+    "./var/lib/dbus/machine-id",
+    "./var/lib/systemd/random-seed",
+    "./var/lib/systemd/credential.secret",
+)
+FORBIDDEN_PREFIXES = ("./etc/ssh/ssh_host_", "./etc/stock-analysis/secrets/", "./var/lib/stock-analysis/firstboot/")
+
+
+@pytest.fixture(scope="module")
+def template_archive(tmp_path_factory) -> Path:
+    require_root()
+    require_tools("mmdebstrap", "tar")
+    out = tmp_path_factory.mktemp("dist")
+    r = run_cli("--project", str(REPO), "build", "--locked", "--out", str(out), "--json", timeout=3600)
+    assert r.returncode == 0, r.stderr[-5000:]
+    report = json.loads(r.stdout)
+    archive = Path(report["archives"][0]["path"])
+    assert archive.name == "debian-12-stock-analysis_1.0.0-1_amd64.tar.gz"
+    return archive
+
+
+def test_locked_build_passes_check_and_holds_no_identity(template_archive):
+    c = run_cli("check", str(template_archive))
+    assert c.returncode == 0, c.stdout + c.stderr
+    with tarfile.open(template_archive) as tf:
+        members = {("./" + m.name.removeprefix("./")) + ("/" if m.isdir() else ""): m for m in tf}
+        names = set(members)
+        for path in FORBIDDEN:
+            assert path not in names, path
+        bad = sorted(n for n in names if n.startswith(FORBIDDEN_PREFIXES))
+        assert not bad, bad
+        mid = members.get("./etc/machine-id")
+        assert mid is None or mid.size == 0
+        # A real Debian root file system, with the software installed at build time.
+        for path in ("./etc/debian_version", "./usr/lib/postgresql/15/bin/postgres", "./usr/bin/redis-server",
+                     "./usr/lib/rabbitmq/bin/rabbitmq-server", "./usr/bin/python3.11",
+                     "./opt/stock-analysis/venvs/broker-gateway/bin/python"):
+            assert path in names, path
+        # No file carries a password written into the template.
+        for m in tf:
+            if m.isfile() and m.name.startswith(("./etc/redis", "./etc/rabbitmq", "./etc/stock-analysis")):
+                text = tf.extractfile(m).read()
+                assert b"changeme" not in text, m.name
+                for line in text.splitlines():
+                    if line.strip().startswith((b"requirepass ", b"masterauth ")):
+                        pytest.fail(f"{m.name}: a literal Redis password: {line!r}")
+
+
+def test_boot_test_of_the_template(template_archive):
+    require_tools("lxc-start", "lxc-attach", "lxc-usernsexec", "newuidmap", "dnsmasq", "ip")
+    r = run_cli("--project", str(REPO), "boot-test", str(template_archive), "--json", timeout=3600)
+    report = json.loads(r.stdout) if r.stdout.strip().startswith("{") else None
+    assert report is not None, r.stderr[-5000:]
+    failed = [x for x in report["results"] if not x["ok"]]
+    assert r.returncode == 0 and report["ok"], json.dumps(failed + report["failed_units"], indent=1)[-8000:]
+    phases = {x["phase"] for x in report["results"]}
+    assert {"boot", "reboot"} <= phases and any(p.startswith("fault:") for p in phases)
+    print(f"\nboot test: green {report['seconds_to_green']:.1f}s after start; times {report['times']}")
+    assert os.path.exists(template_archive)
+
+
+def test_lock_lists_every_package_and_wheel():
+    from lxclayer.lock import toml as locktoml
+
+    lock = locktoml.read(REPO / "locks" / "debian-12-stock-analysis.lock")
+    assert lock is not None
+    packages = {n: a for la in lock.layers.values() for n, a in la.artifacts.get("packages", {}).items()}
+    wheels = {n: a for la in lock.layers.values() for n, a in la.artifacts.get("wheels", {}).items()}
+    assert {"postgresql-15", "redis-server", "rabbitmq-server", "systemd", "python3.11"} <= set(packages)
+    assert all(len(a.sha256) == 64 and a.version for a in packages.values())
+    assert {"psycopg-binary", "redis"} <= {n.lower() for n in wheels} or wheels
+    assert all(len(a.sha256) == 64 for a in wheels.values())
+    out = subprocess.run(["git", "-C", str(REPO), "ls-files", "--error-unmatch", "locks/debian-12-stock-analysis.lock"],
+                         capture_output=True)
+    assert out.returncode == 0, "the lock is committed"
