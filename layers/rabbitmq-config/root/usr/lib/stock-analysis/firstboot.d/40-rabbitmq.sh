@@ -1,0 +1,71 @@
+# First-boot step 40: Erlang cookie, RabbitMQ start, topology check, the
+# application user, no guest.
+. /usr/lib/stock-analysis/firstboot-lib.sh
+
+VHOST=/stock-analysis
+APP_USER=stock-analysis
+SECRET=/etc/stock-analysis/secrets/rabbitmq.password
+COOKIE=/var/lib/rabbitmq/.erlang.cookie
+
+# 1. The Erlang cookie (shared secret of the node and its CLI tools), 0400 rabbitmq.
+if [ -s "$COOKIE" ]; then
+    log "Erlang cookie exists, kept"
+else
+    tmp=$(mktemp "$COOKIE.XXXXXX")
+    od -An -v -tx1 -N 32 /dev/urandom | tr -d ' \n' | tr '0-9a-f' 'A-P' > "$tmp"
+    [ "$(wc -c < "$tmp")" -eq 64 ] || die "could not make the Erlang cookie"
+    chown rabbitmq:rabbitmq "$tmp"; chmod 0400 "$tmp"; sync "$tmp"
+    mv -f "$tmp" "$COOKIE"
+    log "Erlang cookie created"
+fi
+chown rabbitmq:rabbitmq "$COOKIE"; chmod 0400 "$COOKIE"
+
+make_secret "$SECRET" stock-analysis
+
+# 2. Start the node; it imports /etc/rabbitmq/definitions.json while booting.
+# rabbitmqctl as the rabbitmq user (its cookie), without su's PAM session noise;
+# -s: no table headers.
+rmq() {
+    as_user rabbitmq env HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmqctl -s "$@"
+}
+start_unit epmd.socket
+start_unit rabbitmq-server.service
+wait_until 180 "RabbitMQ node rabbit@localhost" rmq await_startup
+
+if ! rmq list_vhosts | grep -qx "$VHOST"; then
+    log "vhost $VHOST missing after boot: importing the definitions now"
+    rmq import_definitions /etc/rabbitmq/definitions.json
+fi
+rmq list_vhosts | grep -qx "$VHOST" || die "vhost $VHOST does not exist"
+
+# 3. The application user: password from the instance secret, fed on stdin
+#    (never in argv or in a file RabbitMQ reads), rights on its vhost only,
+#    no tags (not administrator, no management UI).
+if rmq list_users | awk '{print $1}' | grep -qx "$APP_USER"; then
+    if read_secret "$SECRET" | rmq authenticate_user "$APP_USER" >/dev/null 2>&1; then
+        log "user $APP_USER exists with the instance password"
+    else
+        read_secret "$SECRET" | rmq change_password "$APP_USER"
+        log "user $APP_USER: password set from $SECRET"
+    fi
+else
+    read_secret "$SECRET" | rmq add_user "$APP_USER"
+    log "user $APP_USER created"
+fi
+rmq set_user_tags "$APP_USER"
+rmq set_permissions -p "$VHOST" "$APP_USER" '.*' '.*' '.*'
+# Nowhere else: drop any permission on other vhosts.
+for vh in $(rmq list_user_permissions "$APP_USER" | awk '{print $1}'); do
+    [ "$vh" = "$VHOST" ] || rmq clear_permissions -p "$vh" "$APP_USER"
+done
+
+# 4. No default guest user.
+if rmq list_users | awk '{print $1}' | grep -qx guest; then
+    rmq delete_user guest
+    log "user guest deleted"
+fi
+
+# 5. Prove it: the application user authenticates with the instance password.
+read_secret "$SECRET" | rmq authenticate_user "$APP_USER" >/dev/null \
+    || die "$APP_USER cannot authenticate with the instance password"
+log "RabbitMQ ready: vhost $VHOST, user $APP_USER, $(rmq list_queues -p "$VHOST" name | wc -l) queues"
