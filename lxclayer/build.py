@@ -273,10 +273,9 @@ def _context(layer: Layer, project: Project, store: Store, below: list[LayerEntr
 
 def _lookup(store: Store, digest_: str, layer: Layer, mode: Mode, events: Events) -> LayerEntry | None:
     try:
-        entry = store.lookup(digest_, layer=layer.name)
-        if entry is not None:
-            store.verify_quick(entry, layer=layer.name)
-        return entry
+        # The manifest's bytes are checked here; blobs are checked when read (a damaged one
+        # found while composing makes the build evict the entry and build it again).
+        return store.lookup(digest_, layer=layer.name)
     except StoreCorruption as e:
         if mode is Mode.LOCKED:
             raise
@@ -419,7 +418,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 if mode is Mode.LOCKED or attempt == 2:
                     raise
                 events.warn(f"{e.message()}: removing the damaged entry and building again")
-                _evict(store, e)
+                _evict(store, e, entries)
         if mode is Mode.LOCKED and lock is not None:
             for a in archives:
                 want = lock.template.archives.get(a.format)
@@ -466,13 +465,17 @@ def _members(entries):
                      size=e.size, linkname=e.target, xattrs=tuple(e.xattrs))
 
 
-def _evict(store: Store, e: StoreCorruption) -> None:
+def _evict(store: Store, e: StoreCorruption, stack: list[LayerEntry]) -> None:
+    """Remove what a damage report names: a layer entry, or a blob and every entry of the
+    stack that refers to it, so that the next attempt builds them again."""
     path = Path(e.entry)
     if path.parent.name == "layers":
         store.remove_entry(path.name)
     elif path.parent.parent.name == "blobs":
         path.unlink(missing_ok=True)
-        # entries whose manifests name the blob are caught by verify_quick on the next lookup
+        for entry in stack:
+            if any(x.hash == path.name for x in entry.entries):
+                store.remove_entry(entry.input)
 
 
 def _compose_one(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,

@@ -28,8 +28,6 @@ the entries it writes. `check_archive` reads any ``.tar.gz``/``.tar.zst``/``.tar
 the paths it has seen.
 """
 
-from __future__ import annotations
-
 import bz2
 import gzip
 import lzma

@@ -9,8 +9,6 @@ The settings of each layer kind are declared by its builder module (see
 :mod:`lxclayer.builders`); this module knows only what all kinds share.
 """
 
-from __future__ import annotations
-
 import re
 import tomllib
 from dataclasses import dataclass

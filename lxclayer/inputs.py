@@ -7,8 +7,6 @@ SOURCE_DATE_EPOCH), and, for builders that read the tree below, the output diges
 layers under it. The input digest is the digest of that record: the layer's store address.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import msgspec

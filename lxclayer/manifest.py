@@ -6,8 +6,7 @@ bytes live in the store's blob area. A `whiteout` entry deletes a path (and ever
 it) of the layers below. The layer's output digest is the digest of its manifest.
 """
 
-from __future__ import annotations
-
+import bisect
 from collections.abc import Iterable
 from typing import Literal
 
@@ -51,6 +50,15 @@ def sort_key(path: str) -> list[str]:
 
 def sorted_entries(entries: Iterable[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: sort_key(e.path))
+
+
+def find(entries: list[Entry], path: str) -> Entry | None:
+    """The entry for `path` in a list in archive order, by bisection."""
+    key = sort_key(path)
+    i = bisect.bisect_left(entries, key, key=lambda e: sort_key(e.path))
+    if i < len(entries) and entries[i].path == path:
+        return entries[i]
+    return None
 
 
 def parent_of(path: str) -> str:

@@ -6,8 +6,6 @@ mode bits (a checkout sets those from the umask and the clock). A symlink is a s
 by its target, and must not point outside the layer folder.
 """
 
-from __future__ import annotations
-
 import os
 import stat
 import time

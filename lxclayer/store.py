@@ -16,8 +16,6 @@ checks its hash. Builds hold the store lock shared, `gc` holds it exclusive; bui
 holds that layer's lock, so two concurrent builds of the same layer build it once.
 """
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import fcntl
@@ -48,11 +46,24 @@ class LayerMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     layer: str = ""  # the name of the layer it was first built for (informational)
     artifacts: dict[str, dict[str, Artifact]] = {}
     record: dict[str, Any] = {}  # the input record that hashes to `input`
+    # xxh3-128 of the manifest file's bytes followed by `output`: a cheap check, on every read,
+    # that neither the manifest nor the recorded output digest was altered.
+    seal: str = ""
 
 
-class LayerEntry(msgspec.Struct, kw_only=True, frozen=True):
-    meta: LayerMeta
-    entries: list[Entry]
+class LayerEntry:
+    """A stored layer: its metadata, and its manifest decoded (and checked against the output
+    digest) when first asked for, since a no-op build needs only the digests."""
+
+    __slots__ = ("_entries", "_raw", "_where", "layer", "meta")
+
+    def __init__(self, meta: LayerMeta, entries: list[Entry] | None = None, *, raw: bytes = b"",
+                 where: str = "", layer: str | None = None):
+        self.meta = meta
+        self._entries = entries
+        self._raw = raw
+        self._where = where
+        self.layer = layer
 
     @property
     def input(self) -> str:
@@ -61,6 +72,21 @@ class LayerEntry(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def output(self) -> str:
         return self.meta.output
+
+    @property
+    def entries(self) -> list[Entry]:
+        if self._entries is None:
+            try:
+                entries = _manifest_dec.decode(self._raw)
+            except msgspec.DecodeError as e:
+                raise StoreCorruption(f"store entry is unreadable ({e})", entry=self._where,
+                                      layer=self.layer) from None
+            if digest(entries) != self.meta.output:
+                raise StoreCorruption("manifest does not match the recorded output digest",
+                                      entry=self._where, layer=self.layer)
+            self._entries = entries
+            self._raw = b""
+        return self._entries
 
 
 _manifest_enc = msgspec.msgpack.Encoder()
@@ -140,7 +166,7 @@ class Store:
     # --- locking ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def session(self, exclusive: bool = False) -> Iterator[Store]:
+    def session(self, exclusive: bool = False) -> Iterator["Store"]:
         """Hold the store for a build (shared) or for gc (exclusive); clean stale staging."""
         self._init()
         fd = os.open(self.root / "locks" / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -315,49 +341,18 @@ class Store:
             return None
         try:
             meta = _meta_dec.decode(meta_bytes)
-            entries = _manifest_dec.decode((d / "manifest").read_bytes())
+            raw = (d / "manifest").read_bytes()
         except (msgspec.DecodeError, FileNotFoundError) as e:
             raise StoreCorruption(f"store entry is unreadable ({e})", entry=str(d), layer=layer) from None
         if meta.input != input_digest:
             raise StoreCorruption("store entry is filed under the wrong digest", entry=str(d), layer=layer)
-        if digest(entries) != meta.output:
-            raise StoreCorruption(
-                "manifest does not match the recorded output digest", entry=str(d), layer=layer
-            )
-        return LayerEntry(meta=meta, entries=entries)
-
-    def verify(self, entry: LayerEntry, *, layer: str | None = None) -> None:
-        """Check every blob the entry refers to, byte for byte."""
-        for e in entry.entries:
-            if e.type == "file":
-                path = self.blob_path(e.hash)
-                try:
-                    size = path.stat().st_size
-                except FileNotFoundError:
-                    raise StoreCorruption(
-                        f"blob {e.hash} of {e.path!r} is missing", entry=str(self.layer_dir(entry.input)), layer=layer
-                    ) from None
-                if size != e.size:
-                    raise StoreCorruption(
-                        f"blob {e.hash} of {e.path!r} has the wrong size",
-                        entry=str(self.layer_dir(entry.input)), layer=layer,
-                    )
-                self.read_blob(e.hash, layer=layer)
-
-    def verify_quick(self, entry: LayerEntry, *, layer: str | None = None) -> None:
-        """Check that every blob the entry names is there with the right size (content is
-        checked whenever a blob is read)."""
-        for e in entry.entries:
-            if e.type != "file":
-                continue
-            try:
-                size = os.stat(self.blob_path(e.hash)).st_size
-            except FileNotFoundError:
-                raise StoreCorruption(f"blob {e.hash} of {e.path!r} is missing",
-                                      entry=str(self.layer_dir(entry.input)), layer=layer) from None
-            if size != e.size:
-                raise StoreCorruption(f"blob {e.hash} of {e.path!r} has the wrong size",
-                                      entry=str(self.layer_dir(entry.input)), layer=layer)
+        entry = LayerEntry(meta, raw=raw, where=str(d), layer=layer)
+        if not meta.seal:
+            entry.entries  # noqa: B018 (an entry stored before seals: decode and check it now)
+        elif xxhash.xxh3_128_hexdigest(raw + meta.output.encode()) != meta.seal:
+            raise StoreCorruption("manifest or output digest does not match the entry's seal",
+                                  entry=str(d), layer=layer)
+        return entry
 
     # --- composed archives (a stat cache, so that a no-op build does not hash the archive) ---
 
@@ -394,12 +389,14 @@ class Store:
         for e in entries:
             if e.type == "file" and not self.has_blob(e.hash):
                 raise RuntimeError(f"publish: blob of {e.path} not in store")
-        meta = msgspec.structs.replace(meta, output=digest(entries))
+        raw = _manifest_enc.encode(entries)
+        output = digest(entries)
+        meta = msgspec.structs.replace(meta, output=output, seal=xxhash.xxh3_128_hexdigest(raw + output.encode()))
         final = self.layer_dir(meta.input)
         with self.staging("entry") as stage:
             d = stage / "entry"
             d.mkdir()
-            (d / "manifest").write_bytes(_manifest_enc.encode(entries))
+            (d / "manifest").write_bytes(raw)
             (d / "meta.json").write_bytes(msgspec.json.format(msgspec.json.encode(meta)))
             for f in d.iterdir():
                 with open(f, "rb") as fh:
@@ -411,7 +408,7 @@ class Store:
                     raise
                 # Someone else published it first; theirs stands.
         _fsync_dir(final.parent)
-        return LayerEntry(meta=meta, entries=entries)
+        return LayerEntry(meta, entries)
 
     def remove_entry(self, input_digest: str) -> None:
         """Take a damaged entry out of the store (renamed away first, so it is never half there)."""

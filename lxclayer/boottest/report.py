@@ -1,8 +1,6 @@
 """The outcome of a boot test: one row per check and phase, the failed units with their last
 journal lines, and the times. A table for people, JSON (msgspec) for machines."""
 
-from __future__ import annotations
-
 import msgspec
 
 

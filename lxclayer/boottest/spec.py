@@ -1,8 +1,6 @@
 """What a template declares to be checked after it boots (the `[[checks]]` and `[[faults]]`
 tables of the template definition)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import msgspec

@@ -1,7 +1,5 @@
 """What the engine hands a builder, and what a builder hands back."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,26 @@ class Context:
         if self._lower is None:
             self._lower = merge((e.entries for e in self.below), mtime=self.source_date_epoch)
         return self._lower
+
+    def lower_file(self, path: str) -> Entry | None:
+        """The entry for `path` in the stack below (None if absent or deleted), found without
+        merging the whole stack."""
+        from ..manifest import find
+
+        parents = []
+        p = path.rpartition("/")[0]
+        while p:
+            parents.append(p)
+            p = p.rpartition("/")[0]
+        for layer in reversed(self.below):
+            e = find(layer.entries, path)
+            if e is not None:
+                return None if e.type == "whiteout" else e
+            for parent in parents:
+                pe = find(layer.entries, parent)
+                if pe is not None and (pe.type == "whiteout" or pe.type != "dir"):
+                    return None
+        return None
 
     def materialise_below(self, dest: Path) -> dict[str, Entry]:
         """Write the stack below into `dest` (needs root); returns path -> entry of what it wrote."""

@@ -4,8 +4,6 @@ No root needed and, unless owners are given by name, no dependence on the layers
 layer is a pure function of its folder and definition, and is shared by every stack using it.
 """
 
-from __future__ import annotations
-
 import re
 from functools import cache
 from pathlib import Path
@@ -105,12 +103,11 @@ def resolved_inputs(ctx: Context) -> dict[str, str]:
     users, groups = _names(s)
     if not users and not groups:
         return {}
-    tree = {e.path: e for e in ctx.lower_tree()}
     out: dict[str, str] = {}
     for table, names, col in (("etc/passwd", users, "user"), ("etc/group", groups, "group")):
         if not names:
             continue
-        e = tree.get(table)
+        e = ctx.lower_file(table)
         ids = {}
         if e is not None and e.type == "file":
             for line in ctx.store.read_blob(e.hash).decode("utf-8", "replace").splitlines():

@@ -5,8 +5,6 @@ The tarball is read, never extracted, so no root is needed: each member becomes 
 entry and each file's bytes a blob. Downloads are kept in the store under their sha256.
 """
 
-from __future__ import annotations
-
 import tarfile
 import urllib.error
 import urllib.request

@@ -12,8 +12,6 @@ Also the git side: reading a lockfile from a revision (`load_side`) and acting a
 diff driver (`git_external`).
 """
 
-from __future__ import annotations
-
 import difflib
 import subprocess
 from pathlib import Path

@@ -1,7 +1,5 @@
 """The lockfile's data: every fact that pins a template, as typed structs."""
 
-from __future__ import annotations
-
 import msgspec
 
 LOCK_VERSION = 1

@@ -6,8 +6,6 @@ itself (rather than through msgspec's errors) so that a message names the exact 
 Writing uses a small emitter for the few TOML forms the lockfile needs.
 """
 
-from __future__ import annotations
-
 import re
 import tomllib
 import typing
