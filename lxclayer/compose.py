@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import tempfile
+import threading
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import zstandard
 from . import tarformat
 from .errors import BuildError
 from .manifest import Entry
-from .store import Store, _fsync_dir
+from .store import Store
 
 CHUNKING = "chunked/2"
 MIN_CHUNK = 2 << 20  # no boundary before a chunk holds this many bytes
@@ -172,48 +173,64 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".part")
     sha = hashlib.sha256()
     size = raw_total = nchunks = reused = 0
+    failure: list[BaseException] = []
 
-    def make(chunk: Chunk) -> bytes:
+    def produce(chunk: Chunk) -> tuple[bytes, bool]:
+        """A chunk's compressed bytes from the cache, or compressed now (and cached)."""
+        cached = cache.get(chunk.key)
+        if cached is not None:
+            return cached, True
         payload = compress(fmt, _raw(chunk, store))
         cache.put(chunk.key, payload)
-        return payload
+        return payload, False
+
+    # Chunks are read or compressed on all cores; one writer thread appends them in order and
+    # hashes them, so that reading, compressing, writing and hashing overlap.
+    ahead: queue.Queue[Future[tuple[bytes, bool]] | None] = queue.Queue(maxsize=2 * jobs + 2)
+
+    def writer(f) -> None:
+        nonlocal size, reused
+        done = 0
+        while (fut := ahead.get()) is not None:
+            if failure:
+                continue  # keep taking futures, so that the producer never blocks
+            try:
+                data, hit = fut.result()
+            except BaseException as e:  # reported by the caller below
+                failure.append(e)
+                continue
+            f.write(data)
+            sha.update(data)
+            size += len(data)
+            reused += hit
+            done += 1
+            if progress:
+                progress(done, reused)
 
     try:
         with os.fdopen(fd, "wb") as f, ThreadPoolExecutor(max_workers=jobs) as pool:
-            pending: deque[Future[bytes]] = deque()
-
-            def drain(limit: int) -> None:
-                nonlocal size
-                while len(pending) > limit:
-                    data = pending.popleft().result()
-                    f.write(data)
-                    sha.update(data)
-                    size += len(data)
-
-            for chunk in plan_chunks(entries, fmt, mtime):
-                nchunks += 1
-                raw_total += chunk.raw_size
-                cached = cache.get(chunk.key)
-                if cached is not None:
-                    reused += 1
-                    fut: Future[bytes] = Future()
-                    fut.set_result(cached)
-                else:
-                    fut = pool.submit(make, chunk)
-                pending.append(fut)
-                drain(2 * jobs)
-                if progress:
-                    progress(nchunks, reused)
-            drain(0)
+            w = threading.Thread(target=writer, args=(f,), name="lxclayer-compose-writer")
+            w.start()
+            try:
+                for chunk in plan_chunks(entries, fmt, mtime):
+                    nchunks += 1
+                    raw_total += chunk.raw_size
+                    ahead.put(pool.submit(produce, chunk))
+                    if failure:
+                        break
+            finally:
+                ahead.put(None)
+                w.join()
+            if failure:
+                raise failure[0]
             end = compress(fmt, tarformat.trailer(raw_total))
             f.write(end)
             sha.update(end)
             size += len(end)
-            f.flush()
-            os.fsync(f.fileno())
+        # No fsync: the rename below is atomic for every reader, and the archive is made again
+        # from the store whenever its size, inode and mtime (or its sha256) no longer match.
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
-        _fsync_dir(out.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

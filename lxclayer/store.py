@@ -111,22 +111,27 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `path` so that a reader sees the old file or the whole new one, never a part."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = False) -> None:
+    """Write `path` so that a reader sees the old file or the whole new one, never a part.
+
+    `durable` also survives a power cut (fsync), at the price of flushing whatever else was
+    written to the file system just before: use it for what later runs trust without checking."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 class Store:
@@ -144,7 +149,7 @@ class Store:
             raise UserError(f"cannot create the store: {e.strerror}", file=str(self.root)) from None
         fmt = self.root / "FORMAT"
         if not fmt.exists():
-            atomic_write(fmt, STORE_FORMAT.encode() + b"\n")
+            atomic_write(fmt, STORE_FORMAT.encode() + b"\n", durable=True)
         elif fmt.read_text().strip() != STORE_FORMAT:
             raise UserError(
                 f"store format {fmt.read_text().strip()!r} is not {STORE_FORMAT!r}; use another --store",
