@@ -1,0 +1,368 @@
+"""`kind = "apt"`: Debian packages installed on top of the layers below.
+
+Resolution: the stack below is materialised, the layer's extra sources and their pinned keys
+are written into it, and apt *inside that chroot* (the container's own apt, configuration,
+sources and dpkg status) fetches the indices and simulates installing `packages`. Every .deb it
+would install or upgrade is pinned with the sha256, pool path and size of the Packages index.
+
+Building: the pinned .debs come from the store (downloaded once, checked by sha256), are
+bind-mounted read-only into a chroot of the stack below, and apt installs exactly those files,
+with no network (the chroot has its own empty network namespace) and with a policy-rc.d that
+stops any service from starting. dpkg-query then checks the installed set against the pins.
+The layer is what changed: added and changed paths, and whiteouts for removed ones.
+
+Extra sources (a vendor's repository) need a signing key beside layer.toml, pinned by its
+sha256 (`key_sha256`) or its OpenPGP fingerprint (`key_fingerprint`, checked with gpg); a key
+that does not match is refused before anything runs, and apt refuses indices not signed by it.
+The source and the key stay in the layer (/etc/apt/sources.list.d/, /etc/apt/keyrings/) so that
+the container can update from the same repository later.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import msgspec
+
+from ..debian.apt import (
+    PKG_NAME_RE,
+    apt_failure,
+    deb_filename,
+    parse_simulation,
+    parse_sources,
+    update_failure,
+)
+from ..debian.chroot import OVERLAY_UNAVAILABLE, Bind, Chroot
+from ..debian.deb822 import paragraphs
+from ..debian.fetch import deb_urls, fetch_all, link_or_copy
+from ..debian.layer import (
+    PRISTINE,
+    build_in_chroot,
+    check_installed,
+    installed,
+    lower_text,
+    require_root,
+    require_tool,
+    shown,
+)
+from ..debian.normalise import normalise
+from ..definitions import Layer, LayerSpec
+from ..errors import BuildError, DefinitionError
+from ..lock.model import Artifact
+from ..sources import read_source
+from .base import Artifacts, Context, Result
+
+KIND = "apt"
+VERSION = 1
+READS_BELOW = True
+
+SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_/-]*$")
+COMPONENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+FPR_RE = re.compile(r"^[0-9A-F]{40}$|^[0-9A-F]{64}$")
+DEBS_INSIDE = "/run/lxclayer/debs"
+
+
+class Source(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    uri: str
+    suite: str
+    components: list[str] = msgspec.field(default_factory=lambda: ["main"])
+    key: str  # the signing key, a file beside layer.toml (ASCII-armoured or binary)
+    key_sha256: str | None = None
+    key_fingerprint: str | None = None
+
+
+class Settings(LayerSpec, tag=KIND):
+    packages: list[str] = []
+    sources: list[Source] = []
+    recommends: bool = False  # install Recommends too (apt's default; off as in mmdebstrap)
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _key_path(layer: Layer, src: Source, shown_file: str, key: str) -> Path:
+    p = PurePosixPath(src.key)
+    if p.is_absolute() or ".." in p.parts or not src.key:
+        raise DefinitionError("must be a file inside the layer folder", file=shown_file, key=key)
+    path = layer.dir / src.key
+    if not path.is_file():
+        raise DefinitionError(f"file {src.key!r} not found beside layer.toml", file=shown_file, key=key)
+    return path
+
+
+def gpg_fingerprints(data: bytes) -> list[str]:
+    """Fingerprints of the primary keys in an OpenPGP key file (needs gpg)."""
+    with tempfile.TemporaryDirectory(prefix="lxclayer-gpg-") as home:
+        try:
+            p = subprocess.run(
+                ["gpg", "--homedir", home, "--batch", "--no-tty", "--with-colons", "--show-keys", "--fixed-list-mode"],
+                input=data, capture_output=True,
+            )
+        except FileNotFoundError:
+            raise DefinitionError("key_fingerprint needs gpg on the host (apt-get install gpg)") from None
+    out, primary = [], False
+    for line in p.stdout.decode("utf-8", "replace").splitlines():
+        f = line.split(":")
+        if f[0] in ("pub", "sub"):
+            primary = f[0] == "pub"
+        elif f[0] == "fpr" and primary and len(f) > 9:
+            out.append(f[9].upper())
+            primary = False
+    return out
+
+
+def check_key(layer: Layer, i: int, shown_file: str) -> bytes:
+    """The key file's bytes, if they are the pinned key; otherwise a DefinitionError."""
+    s: Settings = layer.spec  # type: ignore[assignment]
+    src = s.sources[i]
+    path = _key_path(layer, src, shown_file, f"sources[{i}].key")
+    data = read_source(path)
+    if src.key_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != src.key_sha256:
+            raise DefinitionError(
+                f"key file {src.key!r} has sha256 {actual}, not the pinned {src.key_sha256}: refusing it",
+                file=shown_file, key=f"sources[{i}].key_sha256",
+            )
+    if src.key_fingerprint is not None:
+        want = src.key_fingerprint.replace(" ", "").upper()
+        fprs = gpg_fingerprints(data)
+        if fprs != [want]:
+            found = ", ".join(fprs) or "no OpenPGP key"
+            raise DefinitionError(
+                f"key file {src.key!r} holds {found}, not (only) the pinned key {want}: refusing it",
+                file=shown_file, key=f"sources[{i}].key_fingerprint",
+            )
+    return data
+
+
+def validate(layer: Layer, shown_file: str) -> None:
+    s: Settings = layer.spec  # type: ignore[assignment]
+    for i, p in enumerate(s.packages):
+        if "=" in p:
+            raise DefinitionError(f"{p!r}: give package names only; versions are pinned by the lockfile",
+                                  file=shown_file, key=f"packages[{i}]")
+        if not PKG_NAME_RE.match(p):
+            raise DefinitionError(f"{p!r} is not a Debian package name", file=shown_file, key=f"packages[{i}]")
+    if len(set(s.packages)) != len(s.packages):
+        dup = next(p for p in s.packages if s.packages.count(p) > 1)
+        raise DefinitionError(f"{dup!r} is listed twice", file=shown_file, key="packages")
+    for i, src in enumerate(s.sources):
+        k = f"sources[{i}]"
+        if not re.match(r"^https?://\S+$", src.uri):
+            raise DefinitionError(f"{src.uri!r} is not an http(s):// URL", file=shown_file, key=f"{k}.uri")
+        if not SUITE_RE.match(src.suite):
+            raise DefinitionError(f"{src.suite!r} is not a suite name", file=shown_file, key=f"{k}.suite")
+        if not src.suite.endswith("/"):
+            if not src.components:
+                raise DefinitionError("at least one component is needed", file=shown_file, key=f"{k}.components")
+            for j, c in enumerate(src.components):
+                if not COMPONENT_RE.match(c):
+                    raise DefinitionError(f"{c!r} is not a component name", file=shown_file,
+                                          key=f"{k}.components[{j}]")
+        if src.key_sha256 is None and src.key_fingerprint is None:
+            raise DefinitionError("pin the key: give key_sha256 or key_fingerprint", file=shown_file, key=f"{k}.key")
+        if src.key_sha256 is not None and not SHA256_RE.match(src.key_sha256):
+            raise DefinitionError("must be 64 lower-case hex digits", file=shown_file, key=f"{k}.key_sha256")
+        if src.key_fingerprint is not None and not FPR_RE.match(src.key_fingerprint.replace(" ", "").upper()):
+            raise DefinitionError("must be a 40 (or 64) hex digit OpenPGP fingerprint", file=shown_file,
+                                  key=f"{k}.key_fingerprint")
+        check_key(layer, i, shown_file)
+
+
+# --- the layer's own sources --------------------------------------------------------------------
+
+
+def _source_files(ctx: Context) -> dict[str, tuple[bytes, int]]:
+    """Container path -> (content, mode) of the sources.list and keys this layer adds."""
+    s: Settings = ctx.layer.spec  # type: ignore[assignment]
+    if not s.sources:
+        return {}
+    out: dict[str, tuple[bytes, int]] = {}
+    lines = []
+    for i, src in enumerate(s.sources):
+        data = check_key(ctx.layer, i, shown(ctx))
+        ext = "asc" if data.lstrip().startswith(b"-----BEGIN PGP") else "gpg"
+        key_path = f"etc/apt/keyrings/{ctx.layer.name}-{i}.{ext}"
+        out[key_path] = (data, 0o644)
+        comps = "" if src.suite.endswith("/") else " " + " ".join(src.components)
+        lines.append(f"deb [signed-by=/{key_path}] {src.uri} {src.suite}{comps}\n")
+    out[f"etc/apt/sources.list.d/{ctx.layer.name}.list"] = ("".join(lines).encode(), 0o644)
+    return out
+
+
+def _write_sources(ctx: Context, root: Path) -> None:
+    for path, (data, mode) in _source_files(ctx).items():
+        p = root / path
+        if not p.parent.exists():
+            p.parent.mkdir(parents=True, mode=0o755)
+        p.write_bytes(data)
+        os.chmod(p, mode)
+
+
+def _apt_opts(s: Settings) -> list[str]:
+    return [
+        "-o", f"APT::Install-Recommends={'true' if s.recommends else 'false'}",
+        "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
+    ]
+
+
+# --- resolution ---------------------------------------------------------------------------------
+
+
+def resolve(ctx: Context) -> Artifacts:
+    s: Settings = ctx.layer.spec  # type: ignore[assignment]
+    if ctx.offline:
+        raise BuildError("resolving packages needs the network, and --offline is set "
+                         "(build with the lockfile, or without --offline)", file=shown(ctx))
+    if not s.packages:
+        return {"packages": {}}
+    require_root(ctx, "apt resolves in a chroot of the layers below")
+    require_tool(ctx, "unshare", "util-linux")
+    if not ctx.below:
+        raise BuildError("an apt layer needs a Debian root file system below it", file=shown(ctx))
+    # Resolve in the tree the build will use, seen through an overlay so that it stays as it
+    # is; where overlayfs is missing, in a copy of its own.
+    root = ctx.workdir / "root"
+    if not root.exists():
+        ctx.log("materialising the layers below")
+        ctx.materialise_below(root)
+        (ctx.workdir / PRISTINE).touch()
+    overlay = ctx.workdir / "resolve-overlay"
+    try:
+        found = _resolve_in(ctx, root, overlay)
+    finally:
+        shutil.rmtree(overlay, ignore_errors=True)
+    if found is None:
+        copy = ctx.workdir / "resolve-root"
+        ctx.log("materialising the layers below (to resolve; no overlayfs here)")
+        ctx.materialise_below(copy)
+        try:
+            _write_sources(ctx, copy)
+            found = _resolve_in(ctx, copy, None)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+    assert found is not None
+    inst, stanzas = found
+    pinned: dict[str, Artifact] = {}
+    for name, version, arch in inst:
+        p = stanzas.get((name, version, arch)) or stanzas.get((name, version, "all"))
+        if p is None or "SHA256" not in p:
+            raise BuildError(f"{name} {version} ({arch}) has no SHA256 in the Packages index", file=shown(ctx))
+        pinned[name] = Artifact(name=name, version=version, arch=arch, sha256=p["SHA256"],
+                                source=p["Filename"], size=int(p.get("Size", "0") or 0))
+    ctx.log(f"resolved {len(pinned)} packages")
+    return {"packages": dict(sorted(pinned.items()))}
+
+
+def _resolve_in(ctx: Context, root: Path, overlay: Path | None):
+    """(Inst list, stanzas) from apt in a chroot of `root`; None if the overlay cannot be made."""
+    s: Settings = ctx.layer.spec  # type: ignore[assignment]
+    if overlay is not None:
+        _write_sources(ctx, overlay / "upper")
+    with Chroot(root, ctx.workdir, log=ctx.log, overlay=overlay) as ch:
+        out = ch.run(["apt-get", "--error-on=any", "update"], network=True, what="update")
+        if overlay is not None and out.returncode == 97 and OVERLAY_UNAVAILABLE in out.text:
+            return None
+        failure = update_failure(out.text)
+        if out.returncode != 0 or failure:
+            raise BuildError(failure or apt_failure(out.text), file=shown(ctx), key="sources" if s.sources else None)
+        out = ch.run(["apt-get", "-s", "-y", *_apt_opts(s), "install", *s.packages], what="simulate")
+        if out.returncode != 0:
+            raise BuildError(apt_failure(out.text), file=shown(ctx), key="packages")
+        inst = parse_simulation(out.full_text())
+        if not inst:
+            return [], {}
+        out = ch.run(["apt-cache", "show", *(f"{n}={v}" for n, v, _ in inst)], what="show")
+        if out.returncode != 0:
+            raise BuildError(apt_failure(out.text), file=shown(ctx), key="packages")
+        return inst, _stanzas(out.full_text())
+
+
+def _stanzas(text: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    out: dict[tuple[str, str, str], dict[str, str]] = {}
+    for p in paragraphs(text):
+        if "Package" in p and "Version" in p:
+            out.setdefault((p["Package"], p["Version"], p.get("Architecture", "")), p)
+    return out
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+def _bases(ctx: Context) -> list[str]:
+    """Archive URLs to fetch pinned .debs from: the sources below, then the layer's own."""
+    s: Settings = ctx.layer.spec  # type: ignore[assignment]
+    bases: list[str] = []
+    for e in ctx.lower_tree():
+        if e.type != "file":
+            continue
+        if e.path == "etc/apt/sources.list" or (e.path.startswith("etc/apt/sources.list.d/")
+                                                and e.path.endswith((".list", ".sources"))):
+            text = ctx.store.read_blob(e.hash).decode("utf-8", "replace")
+            for src in parse_sources(text, deb822=e.path.endswith(".sources")):
+                bases.append(src.uri.rstrip("/"))
+    bases += [src.uri.rstrip("/") for src in s.sources]
+    return list(dict.fromkeys(bases))
+
+
+def _auto_before(ctx: Context) -> set[str]:
+    text = lower_text(ctx, "var/lib/apt/extended_states")
+    return {p["Package"] for p in paragraphs(text) if p.get("Auto-Installed") == "1"}
+
+
+def realise(ctx: Context) -> Result:
+    s: Settings = ctx.layer.spec  # type: ignore[assignment]
+    require_root(ctx, "it installs packages in a chroot")
+    require_tool(ctx, "unshare", "util-linux")
+    pinned: dict[str, Artifact] = dict(ctx.artifacts.get("packages") or {})
+    if not pinned and s.packages and "packages" not in ctx.artifacts and not ctx.locked:
+        pinned = resolve(ctx)["packages"]
+    # (No pins at all is right when every package is installed below already; that is checked
+    # after the installation like everything else.)
+    debs = ctx.workdir / "debs"
+    debs.mkdir()
+    if pinned:
+        paths = fetch_all(
+            ctx.store,
+            [(a, f"{a.name} {a.version} ({a.arch})", deb_urls(a, _bases(ctx))) for a in pinned.values()],
+            ctx.workdir / "download", offline=ctx.offline, log=ctx.log, file=shown(ctx), key="packages",
+        )
+        for a in pinned.values():
+            link_or_copy(paths[a.sha256], debs / deb_filename(a))
+    auto_before = _auto_before(ctx)
+
+    def work(ch: Chroot) -> None:
+        root = ch.root
+        _write_sources(ctx, root)
+        before = installed(root)
+        if pinned:
+            files = [f"{DEBS_INSIDE}/{deb_filename(a)}" for a in pinned.values()]
+            ctx.log(f"installing {len(files)} packages")
+            out = ch.run(["apt-get", "install", "-y", *_apt_opts(s),
+                          "-o", "Dpkg::Options::=--force-unsafe-io", *files], what="install")
+            if out.returncode != 0:
+                raise BuildError(f"apt-get install failed: {apt_failure(out.text)}", file=shown(ctx), key="packages")
+            # apt marks what it was given by path as installed by hand; dependencies are not.
+            auto = sorted(n for n in pinned if n not in s.packages and (n not in before or n in auto_before))
+            if auto:
+                out = ch.run(["apt-mark", "auto", *auto], what="mark")
+                if out.returncode != 0:
+                    raise BuildError(f"apt-mark failed: {apt_failure(out.text)}", file=shown(ctx))
+        have = installed(root)
+        check_installed(ctx, have, pinned, before)
+        missing = [p for p in s.packages if p not in have]
+        if missing:
+            raise BuildError(f"package {missing[0]!r} is not installed and not pinned; re-resolve with `lxclayer lock`",
+                             file=shown(ctx), key="packages")
+
+    entries = build_in_chroot(ctx, work, binds=[Bind(debs, DEBS_INSIDE)])
+    return Result(entries=entries, artifacts={"packages": pinned})
+
+
+_ = normalise  # applied by build_in_chroot

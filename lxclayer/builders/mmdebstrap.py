@@ -1,0 +1,249 @@
+"""`kind = "mmdebstrap"`: a Debian root file system, made by mmdebstrap from pinned .debs.
+
+Resolution (`resolve`, i.e. `lxclayer lock` or a build without pins): apt on the host, with a
+private configuration, fetches the signed indices of the mirrors and simulates installing the
+variant's package set plus `packages` into an empty system, exactly as mmdebstrap would. Every
+.deb of the result is pinned: name, version, architecture, the sha256 and pool path of the
+archive's Packages index, and its size.
+
+Building (`realise`): the pinned .debs are fetched into the store (or found there, checked by
+sha256), laid out as a flat repository holding nothing else, and mmdebstrap builds from that
+repository alone, so it installs exactly the pins without touching the network. The installed
+set is checked against the pins with dpkg-query. Then the mirrors are written to
+/etc/apt/sources.list, the tree is normalised (see :mod:`lxclayer.debian.normalise`) and read.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+import msgspec
+
+from ..debian.apt import (
+    KEYRING,
+    PKG_NAME_RE,
+    VARIANTS,
+    HostApt,
+    SourceLine,
+    parse_source_line,
+    pins,
+    variant_names,
+)
+from ..debian.chroot import run_isolated, sweep, terminate_as_exit
+from ..debian.fetch import deb_urls, fetch_all
+from ..debian.layer import check_installed, installed, require_root, require_tool, scan_base, shown
+from ..debian.normalise import normalise
+from ..debian.repo import make_repo
+from ..definitions import Layer, LayerSpec
+from ..errors import BuildError, DefinitionError
+from ..lock.model import Artifact
+from .base import Artifacts, Context, Result
+
+KIND = "mmdebstrap"
+VERSION = 1
+READS_BELOW = False
+
+SUITE_RE = re.compile(r"^[a-z0-9][a-z0-9.+_/-]*$")
+COMPONENT_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*$")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+class Settings(LayerSpec, tag=KIND):
+    suite: str
+    variant: str = "minbase"
+    components: list[str] = msgspec.field(default_factory=lambda: ["main"])
+    # Each an archive URL (then `deb URL suite components`) or a whole `deb ...` sources line.
+    mirrors: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_MIRROR])
+    packages: list[str] = []
+
+
+def _is_line(m: str) -> bool:
+    return m.startswith(("deb ", "deb\t"))
+
+
+def sources(s: Settings) -> list[SourceLine]:
+    out = []
+    for m in s.mirrors:
+        if _is_line(m):
+            out.append(parse_source_line(m))
+        else:
+            out.append(SourceLine(uri=m.rstrip("/"), suite=s.suite, components=tuple(s.components)))
+    return out
+
+
+def validate(layer: Layer, shown_file: str) -> None:
+    s: Settings = layer.spec  # type: ignore[assignment]
+    if not SUITE_RE.match(s.suite):
+        raise DefinitionError(f"{s.suite!r} is not a suite name like \"bookworm\"", file=shown_file, key="suite")
+    if s.variant not in VARIANTS or VARIANTS[s.variant] is None:
+        known = ", ".join(k for k, v in VARIANTS.items() if v is not None)
+        raise DefinitionError(f"unknown variant {s.variant!r} (one of: {known})", file=shown_file, key="variant")
+    if not s.components:
+        raise DefinitionError("at least one component is needed", file=shown_file, key="components")
+    for i, c in enumerate(s.components):
+        if not COMPONENT_RE.match(c):
+            raise DefinitionError(f"{c!r} is not a component name", file=shown_file, key=f"components[{i}]")
+    if not s.mirrors:
+        raise DefinitionError("at least one mirror is needed", file=shown_file, key="mirrors")
+    for i, m in enumerate(s.mirrors):
+        if _is_line(m):
+            try:
+                parse_source_line(m)
+            except ValueError as e:
+                raise DefinitionError(f"bad sources line: {e}", file=shown_file, key=f"mirrors[{i}]") from None
+        elif not re.match(r"^(https?|file)://\S+$", m):
+            raise DefinitionError(
+                f"{m!r} is neither an http(s):// or file:// URL nor a 'deb ...' sources line",
+                file=shown_file, key=f"mirrors[{i}]",
+            )
+    for i, p in enumerate(s.packages):
+        if "=" in p:
+            raise DefinitionError(
+                f"{p!r}: give package names only; versions are pinned by the lockfile",
+                file=shown_file, key=f"packages[{i}]",
+            )
+        if not PKG_NAME_RE.match(p):
+            raise DefinitionError(f"{p!r} is not a Debian package name", file=shown_file, key=f"packages[{i}]")
+    if len(set(s.packages)) != len(s.packages):
+        dup = next(p for p in s.packages if s.packages.count(p) > 1)
+        raise DefinitionError(f"{dup!r} is listed twice", file=shown_file, key="packages")
+
+
+def _host_sources(s: Settings) -> list[str]:
+    """The sources for resolving on the host: Debian's keyring unless a line names its own."""
+    out = []
+    for src in sources(s):
+        extra = ["arch={arch}"]
+        if "signed-by" not in src.option_names and not src.uri.startswith("file:"):
+            extra.append(f"signed-by={KEYRING}")
+        out.append(src.line(extra))
+    return out
+
+
+def resolve(ctx: Context) -> Artifacts:
+    s: Settings = ctx.layer.spec  # type: ignore[assignment]
+    if ctx.offline:
+        raise BuildError("resolving the package set needs the network, and --offline is set "
+                         "(build with the lockfile, or without --offline)", file=shown(ctx))
+    require_tool(ctx, "apt-get", "apt")
+    lines = [ln.replace("{arch}", ctx.arch) for ln in _host_sources(s)]
+    if any(f"signed-by={KEYRING}" in ln for ln in lines) and not os.path.exists(KEYRING):
+        raise BuildError(f"{KEYRING} is missing (apt-get install debian-archive-keyring)", file=shown(ctx))
+    apt = HostApt(ctx.workdir / "resolve", ctx.arch, lines, log=ctx.log)
+    t = time.monotonic()
+    ctx.log(f"resolving {s.variant} {s.suite} + {len(s.packages)} packages")
+    try:
+        apt.update()
+    except BuildError as e:
+        raise BuildError(e.reason, file=shown(ctx), key="mirrors") from None
+    index = apt.index()
+    names = variant_names(index, s.suite, s.variant)
+    if not names and VARIANTS[s.variant]:
+        raise BuildError(f"no Essential packages found for suite {s.suite!r} at {', '.join(s.mirrors)}"
+                         " (is the suite name right?)", file=shown(ctx), key="suite")
+    for p in s.packages:
+        if p not in index.names:
+            raise BuildError(f"package {p!r} does not exist in {s.suite} ({' '.join(s.components)})",
+                             file=shown(ctx), key="packages")
+    try:
+        inst = apt.simulate(names | set(s.packages))
+    except BuildError as e:
+        raise BuildError(e.reason, file=shown(ctx), key="packages") from None
+    pinned = pins(inst, index)
+    shutil.rmtree(apt.root, ignore_errors=True)  # the indices: ~50 MB per mirror
+    ctx.log(f"resolved {len(pinned)} packages in {time.monotonic() - t:.1f} s")
+    return {"packages": pinned}
+
+
+def _bases(s: Settings) -> list[str]:
+    return [src.uri.rstrip("/") for src in sources(s)]
+
+
+def fetch_debs(ctx: Context, pinned: dict[str, Artifact], bases: list[str]) -> dict[str, Path]:
+    items = [(a, f"{a.name} {a.version} ({a.arch})", deb_urls(a, bases)) for a in pinned.values()]
+    return fetch_all(ctx.store, items, ctx.workdir / "download", offline=ctx.offline, log=ctx.log,
+                     file=shown(ctx), key="packages")
+
+
+def realise(ctx: Context) -> Result:
+    s: Settings = ctx.layer.spec  # type: ignore[assignment]
+    require_root(ctx, "mmdebstrap runs in root mode")
+    mmdebstrap = require_tool(ctx, "mmdebstrap", "mmdebstrap")
+    require_tool(ctx, "unshare", "util-linux")
+    pinned = dict(ctx.artifacts.get("packages") or {})
+    if not pinned:
+        if ctx.locked:
+            raise BuildError("the lockfile pins no packages for this layer", file=shown(ctx))
+        pinned = resolve(ctx)["packages"]
+    missing = [p for p in s.packages if p not in pinned]
+    if missing:
+        raise BuildError(f"package {missing[0]!r} is not pinned by the lockfile; re-resolve with `lxclayer lock`",
+                         file=shown(ctx), key="packages")
+    paths = fetch_debs(ctx, pinned, _bases(s))
+    sde = ctx.source_date_epoch
+    repo = ctx.workdir / "repo"
+    make_repo(repo, pinned, paths, suite=s.suite,
+              date=time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime(sde)))
+    target = ctx.workdir / "rootfs"
+    # The repository appears at a fixed place under /run inside the build's private mount
+    # namespace (mmdebstrap's file-mirror-automount hook mounts it into the chroot there too,
+    # and /run is emptied by the normalisation).
+    inside = f"/run/lxclayer-repo-{os.getpid()}-{os.urandom(4).hex()}"
+    setup = (f"mkdir -p {inside}\nmount --bind -o ro {shlex.quote(str(repo))} {inside}\n"
+             f"mount -o remount,bind,ro {inside}\n")
+    argv = [
+        mmdebstrap, "--mode=root", "--format=directory", f"--variant={s.variant}",
+        f"--architectures={ctx.arch}", "--verbose",
+        # Not kept in the result (removed below); dpkg without fsync is much faster.
+        "--dpkgopt=force-unsafe-io",
+        "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount",
+    ]
+    # Every pin is named: the flat repository's Packages index carries each .deb's own
+    # Priority, which may differ from the archive's override (apt is "required" in the archive,
+    # "important" in its .deb), so the variant alone would not select the same set.
+    argv.append("--include=" + ",".join(sorted(pinned)))
+    argv += [s.suite, str(target), f"deb [trusted=yes] file://{inside} ./"]
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C.UTF-8", "SOURCE_DATE_EPOCH": str(sde), "HOME": "/root", "TMPDIR": "/tmp",
+        "PYTHONHASHSEED": "0",
+    }
+    t = time.monotonic()
+    ctx.log(f"mmdebstrap {s.variant} {s.suite}: {len(pinned)} pinned packages")
+    try:
+        with terminate_as_exit():
+            out = run_isolated(setup, argv, env=env, network=False, log=ctx.log,
+                               log_file=ctx.workdir / "mmdebstrap.log")
+    finally:
+        sweep(ctx.workdir, ctx.log)
+        try:
+            os.rmdir(inside)
+        except OSError:
+            pass
+    if out.returncode != 0:
+        raise BuildError(f"mmdebstrap failed: {_mmdebstrap_reason(out.tail)}", file=shown(ctx))
+    ctx.log(f"mmdebstrap took {time.monotonic() - t:.1f} s")
+    have = installed(target)
+    check_installed(ctx, have, pinned)
+    for leftover in ("etc/dpkg/dpkg.cfg.d/99mmdebstrap", "etc/apt/apt.conf.d/99mmdebstrap"):
+        (target / leftover).unlink(missing_ok=True)
+    lines = [src.line() for src in sources(s)]
+    (target / "etc/apt/sources.list").write_text("".join(ln + "\n" for ln in lines))
+    normalise(target, source_date_epoch=sde, log=ctx.log, base=True)
+    entries = scan_base(ctx, target)
+    return Result(entries=entries, artifacts={"packages": pinned})
+
+
+def _mmdebstrap_reason(tail: list[str]) -> str:
+    from ..debian.apt import apt_failure
+
+    errs = [ln for ln in tail if ln.startswith("E: ")]
+    if errs:
+        text = "\n".join(tail)
+        reason = apt_failure(text)
+        return reason if reason != "apt failed" else errs[-1][3:]
+    lines = [ln for ln in tail if ln.strip()]
+    return lines[-1] if lines else "no output"

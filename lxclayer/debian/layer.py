@@ -1,0 +1,171 @@
+"""What the Debian builders share: checks, the installed package set, and building a layer as
+the difference a program makes to a chroot of the stack below."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from ..builders.base import Context
+from ..definitions import rel
+from ..errors import BuildError
+from ..lock.model import Artifact
+from ..manifest import Entry, diff, sorted_entries
+from ..scan import scan_dir
+from .chroot import Bind, Chroot, terminate_as_exit
+from .deb822 import paragraphs
+from .normalise import normalise
+
+# Contents of these folders are made at run time (kernel file systems, /dev by LXC) and are
+# never part of a layer; the folders themselves are.
+RUNTIME_DIRS = ("dev", "proc", "sys")
+# A marker beside workdir/root: the folder holds exactly the stack below.
+PRISTINE = "root.pristine"
+
+
+def shown(ctx: Context) -> str:
+    return rel(ctx.layer.file, ctx.project.root)
+
+
+def require_root(ctx: Context, what: str) -> None:
+    if os.geteuid() != 0:
+        raise BuildError(f"building a {ctx.layer.kind} layer needs root ({what}); run lxclayer as root",
+                         file=shown(ctx))
+
+
+def require_tool(ctx: Context, tool: str, package: str) -> str:
+    path = shutil.which(tool) or next(
+        (p for d in ("/usr/sbin", "/sbin", "/usr/bin") if os.path.exists(p := f"{d}/{tool}")), None)
+    if path is None:
+        raise BuildError(f"{tool} is not installed on this host (apt-get install {package})", file=shown(ctx))
+    return path
+
+
+def kept(path: str) -> bool:
+    head, _, rest = path.partition("/")
+    return not (rest and head in RUNTIME_DIRS)
+
+
+def layer_tree(entries: dict[str, Entry]) -> dict[str, Entry]:
+    """Entries as layers compare them: no run-time folder contents, no implicit flags."""
+    out = {}
+    for p, e in entries.items():
+        if not kept(p):
+            continue
+        if e.implicit:
+            e = msgspec.structs.replace(e, implicit=False)
+        out[p] = e
+    return out
+
+
+# --- the installed package set ------------------------------------------------------------------
+
+
+def installed(root: Path) -> dict[str, tuple[str, str]]:
+    """name -> (version, arch) of the packages dpkg says are installed in `root`."""
+    admindir = root / "var/lib/dpkg"
+    try:
+        p = subprocess.run(
+            ["dpkg-query", f"--admindir={admindir}", "-W",
+             "-f=${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"],
+            capture_output=True, text=True,
+        )
+    except FileNotFoundError:
+        return installed_from_status((admindir / "status").read_text())
+    if p.returncode != 0:
+        raise BuildError(f"dpkg-query failed: {p.stderr.strip().splitlines()[-1:] or p.returncode}")
+    out = {}
+    for line in p.stdout.splitlines():
+        abbrev, name, version, arch = line.split("\t")
+        if abbrev.startswith("ii"):
+            out[name] = (version, arch)
+    return out
+
+
+def installed_from_status(text: str) -> dict[str, tuple[str, str]]:
+    out = {}
+    for p in paragraphs(text):
+        if p.get("Status", "").endswith(" installed") and p.get("Status", "").startswith("install"):
+            out[p["Package"]] = (p.get("Version", ""), p.get("Architecture", ""))
+    return out
+
+
+def lower_text(ctx: Context, path: str) -> str:
+    """The text of a file of the stack below ("" if there is none)."""
+    e = ctx.lower_file(path)
+    if e is None or e.type != "file":
+        return ""
+    return ctx.store.read_blob(e.hash).decode("utf-8", "replace")
+
+
+def lower_status(ctx: Context) -> str:
+    return lower_text(ctx, "var/lib/dpkg/status")
+
+
+def check_installed(ctx: Context, have: dict[str, tuple[str, str]], pins: dict[str, Artifact],
+                    before: dict[str, tuple[str, str]] | None = None) -> None:
+    """The installed set must be `before` (the stack below) changed by exactly the pins."""
+    want = dict(before or {})
+    for a in pins.values():
+        want[a.name] = (a.version, a.arch)
+    problems = []
+    for name, (ver, _arch) in sorted(want.items()):
+        got = have.get(name)
+        if got is None:
+            if before is not None and name in before and name not in pins:
+                continue  # removed by the installation (a Conflicts); reported below
+            problems.append(f"{name} {ver} is pinned but not installed")
+        elif got[0] != ver:
+            problems.append(f"{name} is installed in version {got[0]}, pinned {ver}")
+    for name in sorted(set(have) - set(want)):
+        problems.append(f"{name} {have[name][0]} is installed but not pinned")
+    if problems:
+        raise BuildError(
+            "the installed packages differ from the lock: " + "; ".join(problems[:5])
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+            + "; re-resolve with `lxclayer lock`",
+            file=shown(ctx), key="packages",
+        )
+    if before is not None:
+        gone = sorted(set(before) - set(have))
+        if gone:
+            ctx.log(f"removed by the installation: {', '.join(gone)}")
+
+
+# --- a layer as the difference a program makes ---------------------------------------------------
+
+
+def build_in_chroot(
+    ctx: Context,
+    work: Callable[[Chroot], None],
+    *,
+    binds: list[Bind] | None = None,
+) -> list[Entry]:
+    """Materialise the stack below, run `work` in a chroot of it, normalise, and return the
+    difference to the stack below (changed and added entries, whiteouts)."""
+    if not ctx.below:
+        raise BuildError(f"a {ctx.layer.kind} layer needs a Debian root file system below it",
+                         file=shown(ctx))
+    root = ctx.workdir / "root"
+    pristine = ctx.workdir / PRISTINE
+    if pristine.exists():  # materialised by resolve(), which left it untouched (see Chroot.overlay)
+        pristine.unlink()
+        base = layer_tree({e.path: e for e in ctx.lower_tree()})
+    else:
+        ctx.log("materialising the layers below")
+        base = layer_tree(ctx.materialise_below(root))
+    with terminate_as_exit(), Chroot(root, ctx.workdir, binds or [], log=ctx.log,
+                                     source_date_epoch=ctx.source_date_epoch) as ch:
+        work(ch)
+    normalise(root, source_date_epoch=ctx.source_date_epoch, log=ctx.log)
+    new = layer_tree(scan_dir(root, ctx.store, mtime_clamp=ctx.source_date_epoch))
+    return sorted_entries(diff(base, new))
+
+
+def scan_base(ctx: Context, root: Path) -> list[Entry]:
+    return sorted_entries(layer_tree(scan_dir(root, ctx.store, mtime_clamp=ctx.source_date_epoch)).values())
