@@ -6,8 +6,6 @@ entry and each file's bytes a blob. Downloads are kept in the store under their 
 """
 
 import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path, PurePosixPath
 
 import zstandard
@@ -58,6 +56,9 @@ def resolve(ctx: Context) -> dict[str, dict[str, Artifact]]:
 
 
 def fetch(ctx: Context) -> Path:
+    import urllib.error  # imported here: start-up stays light
+    import urllib.request
+
     s: Settings = ctx.layer.spec  # type: ignore[assignment]
     name = _name(s)
     have = ctx.store.artifact(s.sha256, name=name)

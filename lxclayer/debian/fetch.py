@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +34,9 @@ class NotFound(Exception):
 
 
 def _download(url: str, dest: Path) -> None:
+    import urllib.error  # imported here: start-up stays light
+    import urllib.request
+
     req = urllib.request.Request(url, headers={"User-Agent": "lxclayer"})
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as r, open(dest, "wb") as f:  # noqa: S310

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +101,9 @@ def tag_of(filename: str) -> str:
 
 def simple_files(index_url: str, name: str) -> list[dict]:
     """The files of project `name` on a PEP 691 (JSON) simple index, URLs made absolute."""
+    import urllib.error  # imported here: start-up stays light
+    import urllib.request
+
     url = f"{index_url.rstrip('/')}/{normalise_name(name)}/"
     req = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON, "User-Agent": "lxclayer"})
     try:
