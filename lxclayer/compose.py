@@ -138,17 +138,43 @@ class _ChunkCache:
         os.replace(part, path)
 
 
-def _raw(chunk: Chunk, store: Store) -> bytes:
-    parts = [chunk.prefix]
+def _parts(chunk: Chunk, store: Store) -> Iterator[bytes]:
+    """The chunk's tar bytes, piece by piece (file contents in blocks, checked against their hash)."""
+    yield chunk.prefix
     for e in chunk.entries:
-        parts.append(tarformat.header(e))
+        yield tarformat.header(e)
         if e.type == "file":
-            data = store.read_blob(e.hash)
-            if len(data) != e.size:
-                raise BuildError(f"blob of {e.path!r} has {len(data)} bytes, manifest says {e.size}")
-            parts.append(data)
-            parts.append(tarformat.padding(e.size))
-    return b"".join(parts)
+            n = 0
+            for block in store.iter_blob(e.hash):
+                n += len(block)
+                yield block
+            if n != e.size:
+                raise BuildError(f"blob of {e.path!r} has {n} bytes, manifest says {e.size}")
+            yield tarformat.padding(e.size)
+
+
+BATCH = 1 << 20
+
+
+def compress_chunk(fmt: str, chunk: Chunk, store: Store) -> bytes:
+    """Compress a chunk. gzip is fed in batches of about 1 MiB, so that memory stays bounded
+    whatever the size of the files (zlib's output does not depend on how its input is split);
+    zstd frames are made in one piece (its streaming API writes a different frame)."""
+    if fmt != "tar.gz":
+        return compress(fmt, b"".join(_parts(chunk, store)))
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    out: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for part in _parts(chunk, store):
+        batch.append(part)
+        size += len(part)
+        if size >= BATCH:
+            out.append(c.compress(b"".join(batch)))
+            batch, size = [], 0
+    out.append(c.compress(b"".join(batch)))
+    out.append(c.flush())
+    return b"".join(out)
 
 
 def _remove_abandoned(out: Path) -> None:
@@ -180,13 +206,13 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
         cached = cache.get(chunk.key)
         if cached is not None:
             return cached, True
-        payload = compress(fmt, _raw(chunk, store))
+        payload = compress_chunk(fmt, chunk, store)
         cache.put(chunk.key, payload)
         return payload, False
 
     # Chunks are read or compressed on all cores; one writer thread appends them in order and
     # hashes them, so that reading, compressing, writing and hashing overlap.
-    ahead: queue.Queue[Future[tuple[bytes, bool]] | None] = queue.Queue(maxsize=2 * jobs + 2)
+    ahead: queue.Queue[Future[tuple[bytes, bool]] | None] = queue.Queue(maxsize=jobs + 1)
 
     def writer(f) -> None:
         nonlocal size, reused

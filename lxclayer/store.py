@@ -287,6 +287,21 @@ class Store:
             raise StoreCorruption(f"blob {h} does not match its hash", entry=str(path), layer=layer)
         return data
 
+    def iter_blob(self, h: str, *, layer: str | None = None) -> Iterator[bytes]:
+        """A blob's bytes in blocks; raises StoreCorruption at the end if they do not match."""
+        path = self.blob_path(h)
+        hh = xxhash.xxh3_128()
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise StoreCorruption(f"blob {h} is missing", entry=str(path), layer=layer) from None
+        with f:
+            while block := f.read(CHUNK):
+                hh.update(block)
+                yield block
+        if hh.hexdigest() != h:
+            raise StoreCorruption(f"blob {h} does not match its hash", entry=str(path), layer=layer)
+
     def copy_blob_to(self, h: str, dest: BinaryIO, *, layer: str | None = None) -> int:
         """Stream a blob into an open file, checking its hash; returns the size."""
         path = self.blob_path(h)
