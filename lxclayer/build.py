@@ -485,7 +485,7 @@ def _compose_one(project: Project, store: Store, tree: Callable[[], list], fmt: 
                   "mtime": project.template.source_date_epoch})
     t0 = time.monotonic()
     known = store.composed(key)
-    if known is not None and store.output_matches(path, known):
+    if known is not None and store.output_matches(key, path, known):
         info = ArchiveInfo(format=fmt, path=path, sha256=known["sha256"], size=known["size"], composed=False)
         events.compose_done(info)
         return info

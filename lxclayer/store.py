@@ -383,26 +383,33 @@ class Store:
             return None
 
     def record_composed(self, key: str, path: Path, sha256: str, size: int) -> None:
+        """Remember a composed archive: its sha256 and size, and per output path (projects may
+        share a store) the file's device, inode, size and mtime."""
+        old = self.composed(key) or {}
+        stats = old.get("stats", {}) if old.get("sha256") == sha256 else {}
         st = os.stat(path)
-        rec = {"sha256": sha256, "size": size, "stat": [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]}
+        stats[str(path.resolve())] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+        rec = {"sha256": sha256, "size": size, "stats": stats}
         atomic_write(self.root / "composed" / f"{key}.json", msgspec.json.encode(rec))
 
-    def output_matches(self, path: Path, known: dict[str, Any]) -> bool:
-        """Whether `path` still holds the archive recorded: by stat, or by sha256 when in doubt."""
+    def output_matches(self, key: str, path: Path, known: dict[str, Any]) -> bool:
+        """Whether `path` still holds the archive recorded: by stat, or by sha256 when in doubt
+        (and then the stat is remembered, so the next run need not hash it again)."""
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return False
         if st.st_size != known["size"]:
             return False
-        if [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] == known.get("stat"):
-            ok = True
-        else:
-            ok = sha256_file(path) == known["sha256"]
+        seen = known.get("stats", {}).get(str(path.resolve()))
+        if seen != [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]:
+            if sha256_file(path) != known["sha256"]:
+                return False
+            self.record_composed(key, path, known["sha256"], known["size"])
         sha_file = path.with_name(path.name + ".sha256")
-        if ok and not sha_file.exists():
+        if not sha_file.exists():
             atomic_write(sha_file, f"{known['sha256']}  {path.name}\n".encode())
-        return ok
+        return True
 
     def publish(self, meta: LayerMeta, entries: list[Entry]) -> LayerEntry:
         """Store a built layer under its input digest, atomically."""

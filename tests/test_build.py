@@ -214,3 +214,32 @@ def test_zstd_output_on_request(project_dir, store_dir):
     os.remove(path)
     again = do_build(project_dir, store_dir, formats=["tar.zst"])
     assert path.read_bytes() and again.archives[0].sha256 == res.archives[0].sha256
+
+
+def test_noop_needs_no_hashing_when_projects_share_a_store(tmp_path, monkeypatch):
+    """Two checkouts of one template share a store: each keeps its own archive's stat, so a
+    no-op build in either reads nothing back."""
+    from lxclayer import store as store_mod
+
+    from .conftest import write_project
+
+    a = write_project(tmp_path / "a")
+    b = write_project(tmp_path / "b")
+    s = tmp_path / "s"
+    do_build(a, s)
+    do_build(b, s)
+    calls: list[Path] = []
+    real = store_mod.sha256_file
+    monkeypatch.setattr(store_mod, "sha256_file", lambda p: calls.append(p) or real(p))
+    for project in (a, b, a):
+        res = do_build(project, s)
+        assert res.archives[0].composed is False
+    assert calls == []
+    # an archive copied back in place (new inode) is hashed once, then known by its stat again
+    archive = a / "dist" / ARCHIVE
+    data = archive.read_bytes()
+    archive.unlink()
+    archive.write_bytes(data)
+    assert do_build(a, s).archives[0].composed is False
+    assert do_build(a, s).archives[0].composed is False
+    assert calls == [archive]
