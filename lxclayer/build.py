@@ -355,8 +355,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
     return entry, p
 
 
-def _lock_from(project: Project, entries: list[LayerEntry], plans: list[LayerPlan],
-               archives: list[ArchiveInfo]) -> Lockfile:
+def _lock_from(project: Project, entries: list[LayerEntry], archives: list[ArchiveInfo],
+               old: Lockfile | None) -> Lockfile:
     layers: dict[str, LockedLayer] = {}
     for layer, entry in zip(project.layers, entries, strict=True):
         rec = entry.meta.record
@@ -368,13 +368,24 @@ def _lock_from(project: Project, entries: list[LayerEntry], plans: list[LayerPla
             artifacts={g: dict(sorted(a.items())) for g, a in sorted(entry.meta.artifacts.items())},
         )
     t = project.template
+    # Formats built now, plus those of the old lock that were not built this time, as long as
+    # the stack is unchanged (`build --format tar.zst` must not drop the lock's tar.gz).
+    archives_map = {a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size) for a in archives}
+    compressors = {a.format: composer.compressor_id(a.format) for a in archives}
+    if old is not None and [la.output for la in old.layers.values()] == [la.output for la in layers.values()]:
+        for fmt, arch in old.template.archives.items():
+            if fmt not in archives_map and old.template.compressor.get(fmt) == composer.compressor_id(fmt):
+                archives_map[fmt] = arch
+                compressors[fmt] = old.template.compressor[fmt]
+    archives_map = dict(sorted(archives_map.items()))
+    compressors = dict(sorted(compressors.items()))
     return Lockfile(
         lock_version=LOCK_VERSION,
         template=LockedTemplate(
             name=t.name, version=t.version, release=t.release, arch=t.arch,
             source_date_epoch=t.source_date_epoch, definition=template_definition_digest(project),
-            archives={a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size) for a in archives},
-            compressor={a.format: composer.compressor_id(a.format) for a in archives},
+            archives=archives_map,
+            compressor=compressors,
         ),
         layers=layers,
     )
@@ -430,7 +441,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
         cache.save()
         wrote = False
         if write_lock and mode is Mode.NORMAL:
-            new = _lock_from(project, entries, plans, archives)
+            new = _lock_from(project, entries, archives, lock)
             if lock is None or locktoml.dumps(new) != locktoml.dumps(lock):
                 locktoml.write(lock_path, new)
                 wrote = True

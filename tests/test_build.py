@@ -243,3 +243,18 @@ def test_noop_needs_no_hashing_when_projects_share_a_store(tmp_path, monkeypatch
     assert do_build(a, s).archives[0].composed is False
     assert do_build(a, s).archives[0].composed is False
     assert calls == [archive]
+
+
+def test_building_another_format_adds_it_to_the_lock(project_dir, store_dir):
+    from lxclayer.lock import toml as locktoml
+
+    gz = do_build(project_dir, store_dir).archives[0]
+    zst = do_build(project_dir, store_dir, formats=["tar.zst"]).archives[0]
+    lock = locktoml.read(project_dir / "locks" / "test-tpl.lock")
+    assert lock.template.archives["tar.gz"].sha256 == gz.sha256
+    assert lock.template.archives["tar.zst"].sha256 == zst.sha256
+    # a changed stack drops the archive that was not built again
+    (project_dir / "layers" / "config" / "root" / "etc" / "motd").write_text("new\n")
+    do_build(project_dir, store_dir, formats=["tar.zst"])
+    lock = locktoml.read(project_dir / "locks" / "test-tpl.lock")
+    assert list(lock.template.archives) == ["tar.zst"]
