@@ -630,6 +630,8 @@ def test_apt_key_pinned_by_fingerprint(tmp_path):
     subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--quick-gen-key",
                     "lxclayer test <test@example.invalid>", "ed25519", "sign", "never"], check=True, capture_output=True)
     key = subprocess.run(["gpg", "--homedir", str(home), "--armor", "--export"], check=True, capture_output=True).stdout
+    # key generation started an agent for this home: stop it, or it outlives the test
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
     from lxclayer.builders.apt import gpg_fingerprints
 
     fpr = gpg_fingerprints(key)[0]
