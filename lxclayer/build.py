@@ -153,8 +153,7 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
         locked = lock.layers.get(layer.name) if lock else None
         p = LayerPlan(name=layer.name, kind=layer.kind, state="build")
         below_names = [la.name for la in project.layers[:i]]
-        locked_parents = ([lock.layers[n].output if n in lock.layers else "" for n in below_names]
-                          if lock else None)
+        locked_parents = _locked_outputs(lock, below_names)
         unknown_below = [n for n, o in zip(below_names, outputs, strict=True) if o is None]
         if hasattr(mod, "resolve") and not _pins_reusable(layer, st, locked, mode):
             artifacts = None
@@ -208,6 +207,13 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
     return out
 
 
+def _locked_outputs(lock: Lockfile | None, names: list[str]) -> list[str] | None:
+    """The output digests the lock records for `names` ("" for a layer it does not know)."""
+    if lock is None:
+        return None
+    return [lock.layers[n].output if n in lock.layers else "" for n in names]
+
+
 def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
@@ -240,7 +246,7 @@ def check_locked(project: Project, store: Store, lock: Lockfile | None, cache: S
         mod = builder(layer.kind)
         st = _static(layer, project, cache)
         below = project.layers[:i]
-        parents = [lock.layers[b.name].output if b.name in lock.layers else "" for b in below]
+        parents = _locked_outputs(lock, [b.name for b in below])
         rec = _record(layer, project, st, locked.artifacts if hasattr(mod, "resolve") else {},
                       locked.resolved, parents if mod.READS_BELOW else None)
         if hasattr(mod, "resolve") and not _pins_reusable(layer, st, locked, Mode.NORMAL):
@@ -316,14 +322,14 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
         rec = _record(layer, project, st, artifacts, resolved, parents)
         p.input = rec.digest()
         if mode is Mode.LOCKED and locked is not None and p.input != locked.input:
-            why = explain(rec, locked, [lock.layers[n].output for n in below_names], below_names,  # type: ignore[union-attr]
+            why = explain(rec, locked, _locked_outputs(lock, below_names), below_names,
                           _old_settings(store, locked), st.settings_data)
             raise LockError(f"layer {layer.name}: inputs differ from the lock: {'; '.join(why)}",
                             file=rel(project.lock_file, project.root))
         entry = _lookup(store, p.input, layer, mode, events)
         if entry is None:
-            p.reasons = explain(rec, locked, [lock.layers[n].output if n in lock.layers else "" for n in below_names] if lock else None,
-                                below_names, _old_settings(store, locked), st.settings_data) or ["not in the store"]
+            p.reasons = explain(rec, locked, _locked_outputs(lock, below_names), below_names,
+                                _old_settings(store, locked), st.settings_data) or ["not in the store"]
             events.layer_start(p)
             with store.layer_lock(p.input):
                 entry = _lookup(store, p.input, layer, mode, events)  # built meanwhile by another run?

@@ -38,17 +38,3 @@ def normalise_text(data: bytes) -> bytes:
     if b"\r\n" in data and b"\0" not in data:
         return data.replace(b"\r\n", b"\n")
     return data
-
-
-def hash_file(path, chunk: int = CHUNK) -> tuple[str, int]:
-    """xxh3-128 and size of a file's bytes, read in chunks."""
-    h = xxhash.xxh3_128()
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size

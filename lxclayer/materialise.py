@@ -22,7 +22,8 @@ def materialise(tree: list[Entry], dest: Path, store: Store) -> None:
             continue
         if e.type == "file":
             with open(p, "wb") as f:
-                store.copy_blob_to(e.hash, f)
+                for block in store.iter_blob(e.hash):
+                    f.write(block)
         elif e.type == "symlink":
             os.symlink(e.target, p)
         elif e.type in ("char", "block"):

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgspec
 import xxhash
@@ -302,31 +302,7 @@ class Store:
         if hh.hexdigest() != h:
             raise StoreCorruption(f"blob {h} does not match its hash", entry=str(path), layer=layer)
 
-    def copy_blob_to(self, h: str, dest: BinaryIO, *, layer: str | None = None) -> int:
-        """Stream a blob into an open file, checking its hash; returns the size."""
-        path = self.blob_path(h)
-        hh = xxhash.xxh3_128()
-        size = 0
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            raise StoreCorruption(f"blob {h} is missing", entry=str(path), layer=layer) from None
-        with f:
-            while True:
-                block = f.read(CHUNK)
-                if not block:
-                    break
-                hh.update(block)
-                dest.write(block)
-                size += len(block)
-        if hh.hexdigest() != h:
-            raise StoreCorruption(f"blob {h} does not match its hash", entry=str(path), layer=layer)
-        return size
-
     # --- artifacts (.deb, wheels, tarballs) ------------------------------------------------------
-
-    def has_artifact(self, sha256: str) -> bool:
-        return self.artifact_path(sha256).exists()
 
     def put_artifact_file(self, src: Path, sha256: str, *, name: str) -> Path:
         """Move a downloaded file into the store if its sha256 is the expected one."""
@@ -444,9 +420,6 @@ class Store:
             dead = self.root / "tmp" / f"dead-{input_digest}-{os.urandom(4).hex()}"
             os.rename(d, dead)
             _rmtree(dead)
-
-    def remove_blob(self, h: str) -> None:
-        self.blob_path(h).unlink(missing_ok=True)
 
     def entries(self) -> Iterator[str]:
         d = self.root / "layers"

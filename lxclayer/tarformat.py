@@ -96,10 +96,3 @@ def trailer(length_so_far: int) -> bytes:
     """Two zero blocks, then zeros up to the end of the record."""
     end = length_so_far + 2 * BLOCK
     return b"\0" * (2 * BLOCK + (-end % RECORD))
-
-
-def fits(e: Entry) -> str | None:
-    """Why an entry cannot go into a template archive, or None."""
-    if e.uid > _MAX_OCTAL_8 or e.gid > _MAX_OCTAL_8:
-        return "uid/gid too large for a tar header"
-    return None
