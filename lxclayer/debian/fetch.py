@@ -23,6 +23,8 @@ SNAPSHOT_HINT = ("if the mirror no longer serves it, set LXCLAYER_DEB_MIRRORS to
                  "(see docs/builders.md, 'Snapshot mirrors')")
 WORKERS = 6
 TIMEOUT = 60
+RETRIES = 3  # tries of one URL on a transient failure (reset, time-out, 5xx); a 404 is final
+RETRY_PAUSE = 2.0  # seconds before the second try, doubled for each further one
 
 
 def extra_deb_mirrors() -> list[str]:
@@ -50,6 +52,22 @@ def _download(url: str, dest: Path) -> None:
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         dest.unlink(missing_ok=True)
         raise OSError(f"{url}: {getattr(e, 'reason', e)}") from None
+
+
+def _download_retrying(url: str, dest: Path) -> None:
+    """`_download`, tried again after a transient failure; NotFound is final at once."""
+    import time
+
+    for attempt in range(RETRIES):
+        try:
+            _download(url, dest)
+            return
+        except NotFound:
+            raise
+        except OSError:
+            if attempt == RETRIES - 1:
+                raise
+            time.sleep(RETRY_PAUSE * 2**attempt)
 
 
 def fetch_all(
@@ -96,13 +114,13 @@ def fetch_all(
         notfound = 0
         for url in urls:
             try:
-                _download(url, part)
+                _download_retrying(url, part)
             except NotFound as e:
                 notfound += 1
                 errors.append(str(e))
                 continue
             except OSError as e:
-                errors.append(str(e))
+                errors.insert(0, str(e))  # a transient failure says more than another mirror's 404
                 continue
             try:
                 return a.sha256, store.put_artifact_file(part, a.sha256, name=shown)
@@ -111,7 +129,7 @@ def fetch_all(
         if notfound == len(urls):
             raise BuildError(f"{kind} {shown} is not served by {', '.join(_hosts(urls))}; {SNAPSHOT_HINT}",
                              file=file, key=key)
-        raise BuildError(f"cannot download {kind} {shown}: {errors[-1] if errors else 'no URL'}",
+        raise BuildError(f"cannot download {kind} {shown}: {errors[0] if errors else 'no URL'}",
                          file=file, key=key)
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
