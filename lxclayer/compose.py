@@ -1,8 +1,10 @@
 """Compose: write the merged stack as one deterministic, compressed template archive.
 
 The tar stream is cut into chunks at entry boundaries chosen by content (a boundary falls after
-an entry whose key hash says so, once the chunk holds enough bytes), and every chunk is
-compressed on its own: a gzip member or a zstd frame. Concatenated, they are one valid stream
+an entry whose key hash says so, once the chunk holds enough bytes); a file larger than PIECE
+has chunks of its own, cut at fixed offsets of its content, so that no chunk is large (one
+100 MB library would otherwise keep one core busy while the other waits, and hold the whole
+chunk in memory). Every chunk is compressed on its own: a gzip member or a zstd frame. Concatenated, they are one valid stream
 that GNU tar, Python's tarfile and `pct create` read as usual. A chunk's key is the digest of
 what it holds (each entry's header and content hash) and of the compressor, so after an edit
 only the chunks around the edited entries are compressed again; the rest is copied from the
@@ -27,14 +29,15 @@ import msgspec
 import xxhash
 import zstandard
 
-from . import tarformat
+from . import prealloc, tarformat
 from .errors import BuildError
 from .manifest import Entry
 from .store import Store
 
-CHUNKING = "chunked/2"
+CHUNKING = "chunked/3"
 MIN_CHUNK = 2 << 20  # no boundary before a chunk holds this many bytes
-MAX_CHUNK = 16 << 20  # always a boundary after this many bytes
+MAX_CHUNK = 8 << 20  # always a boundary after this many bytes
+PIECE = 8 << 20  # a larger file has chunks of its own, one per PIECE bytes of its content
 BOUNDARY_MASK = 0x7  # after MIN_CHUNK, one entry in 8 (by key hash) ends a chunk
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
@@ -49,7 +52,7 @@ def compressor_id(fmt: str) -> str:
     raise ValueError(fmt)
 
 
-def compress(fmt: str, data: bytes) -> bytes:
+def compress(fmt: str, data: bytes | bytearray) -> bytes:
     """One self-contained gzip member (no name, mtime 0) or zstd frame."""
     if fmt == "tar.gz":
         c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
@@ -59,13 +62,33 @@ def compress(fmt: str, data: bytes) -> bytes:
 
 @dataclass
 class Chunk:
+    """A run of the tar stream: whole entries, or one piece of a large file's content.
+
+    `piece` is None for whole entries; for a piece it is the (start, stop) of the content of its
+    only entry, with the header before the first piece and the padding after the last."""
+
     key: str
     raw_size: int
     entries: list[Entry] = field(default_factory=list)
     prefix: bytes = b""  # the root directory's header, in the first chunk
+    piece: tuple[int, int] | None = None
 
 
 _entry_encoder = msgspec.msgpack.Encoder()
+
+
+def _pieces(e: Entry, encoded: bytes, cid: bytes) -> Iterator[Chunk]:
+    """A large file's chunks: its content cut every PIECE bytes from its start, so that the
+    cuts depend on the file alone (what comes before it moves none of them)."""
+    for start in range(0, e.size, PIECE):
+        stop = min(start + PIECE, e.size)
+        raw = stop - start
+        if start == 0:
+            raw += tarformat.header_size(e)
+        if stop == e.size:
+            raw += -e.size % tarformat.BLOCK
+        key = xxhash.xxh3_128(cid + encoded + b"piece %d %d" % (start, stop)).hexdigest()
+        yield Chunk(key=key, raw_size=raw, entries=[e], piece=(start, stop))
 
 
 def plan_chunks(entries: list[Entry], fmt: str, mtime: int) -> Iterator[Chunk]:
@@ -73,7 +96,8 @@ def plan_chunks(entries: list[Entry], fmt: str, mtime: int) -> Iterator[Chunk]:
 
     A chunk's key hashes the compressor and each entry's msgpack encoding (which determines its
     tar header and, through the content hash, its data), so keys are cheap: no tar header is
-    built for a chunk that is found in the cache."""
+    built for a chunk that is found in the cache. No chunk holds more than MAX_CHUNK + PIECE
+    bytes (and a header), so compressing one takes bounded memory whatever the files."""
     cid = compressor_id(fmt).encode()
     root = tarformat.root_header(mtime)
     h = xxhash.xxh3_128(cid)
@@ -82,6 +106,14 @@ def plan_chunks(entries: list[Entry], fmt: str, mtime: int) -> Iterator[Chunk]:
     encode = _entry_encoder.encode
     for e in entries:
         b = encode(e)
+        if e.type == "file" and e.size > PIECE:
+            if chunk.entries or chunk.prefix:
+                chunk.key = h.hexdigest()
+                yield chunk
+            yield from _pieces(e, b, cid)
+            h = xxhash.xxh3_128(cid)
+            chunk = Chunk(key="", raw_size=0)
+            continue
         h.update(b)
         chunk.entries.append(e)
         chunk.raw_size += tarformat.header_size(e)
@@ -132,49 +164,43 @@ class _ChunkCache:
         path = self.store.chunk_path(f"{self.fmt}-{key}")
         path.parent.mkdir(parents=True, exist_ok=True)
         part = self.store.root / "tmp" / f"{os.urandom(8).hex()}.part-{os.getpid()}"
-        with open(part, "wb") as f:
-            f.write(xxhash.xxh3_128_digest(payload))
-            f.write(payload)
+        prealloc.write_new(part, xxhash.xxh3_128_digest(payload), payload)
         os.replace(part, path)
 
 
-def _parts(chunk: Chunk, store: Store) -> Iterator[bytes]:
-    """The chunk's tar bytes, piece by piece (file contents in blocks, checked against their hash)."""
-    yield chunk.prefix
-    for e in chunk.entries:
-        yield tarformat.header(e)
-        if e.type == "file":
-            n = 0
-            for block in store.iter_blob(e.hash):
-                n += len(block)
-                yield block
-            if n != e.size:
-                raise BuildError(f"blob of {e.path!r} has {n} bytes, manifest says {e.size}")
-            yield tarformat.padding(e.size)
-
-
-BATCH = 1 << 20
+def chunk_bytes(chunk: Chunk, store: Store) -> bytearray:
+    """The chunk's tar bytes, read into one buffer of exactly its size: headers are copied in,
+    file contents are read straight into place (and checked against their hash)."""
+    buf = bytearray(chunk.raw_size)
+    view = memoryview(buf)
+    pos = len(chunk.prefix)
+    view[:pos] = chunk.prefix
+    if chunk.piece is not None:
+        (e,) = chunk.entries
+        start, stop = chunk.piece
+        if start == 0:
+            hdr = tarformat.header(e)
+            view[pos:pos + len(hdr)] = hdr
+            pos += len(hdr)
+        store.read_blob_into(e.hash, e.size, view[pos:pos + stop - start], start)
+        pos += stop - start
+        if stop == e.size:
+            pos += -e.size % tarformat.BLOCK  # padding: the buffer is zeros already
+    else:
+        for e in chunk.entries:
+            hdr = tarformat.header(e)
+            view[pos:pos + len(hdr)] = hdr
+            pos += len(hdr)
+            if e.type == "file":
+                store.read_blob_into(e.hash, e.size, view[pos:pos + e.size])
+                pos += e.size + (-e.size % tarformat.BLOCK)
+    if pos != chunk.raw_size:
+        raise BuildError(f"chunk {chunk.key} has {pos} bytes, its plan says {chunk.raw_size}")
+    return buf
 
 
 def compress_chunk(fmt: str, chunk: Chunk, store: Store) -> bytes:
-    """Compress a chunk. gzip is fed in batches of about 1 MiB, so that memory stays bounded
-    whatever the size of the files (zlib's output does not depend on how its input is split);
-    zstd frames are made in one piece (its streaming API writes a different frame)."""
-    if fmt != "tar.gz":
-        return compress(fmt, b"".join(_parts(chunk, store)))
-    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-    out: list[bytes] = []
-    batch: list[bytes] = []
-    size = 0
-    for part in _parts(chunk, store):
-        batch.append(part)
-        size += len(part)
-        if size >= BATCH:
-            out.append(c.compress(b"".join(batch)))
-            batch, size = [], 0
-    out.append(c.compress(b"".join(batch)))
-    out.append(c.flush())
-    return b"".join(out)
+    return compress(fmt, chunk_bytes(chunk, store))
 
 
 def _remove_abandoned(out: Path) -> None:
@@ -198,7 +224,7 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
     _remove_abandoned(out)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".part")
     sha = hashlib.sha256()
-    size = raw_total = nchunks = reused = 0
+    raw_total = nchunks = reused = 0
     failure: list[BaseException] = []
 
     def produce(chunk: Chunk) -> tuple[bytes, bool]:
@@ -211,11 +237,12 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
         return payload, False
 
     # Chunks are read or compressed on all cores; one writer thread appends them in order and
-    # hashes them, so that reading, compressing, writing and hashing overlap.
-    ahead: queue.Queue[Future[tuple[bytes, bool]] | None] = queue.Queue(maxsize=jobs + 1)
+    # hashes them, so that reading, compressing, writing and hashing overlap. The queue lets the
+    # workers run a few chunks ahead of a slow one; it bounds the memory held by finished chunks.
+    ahead: queue.Queue[Future[tuple[bytes, bool]] | None] = queue.Queue(maxsize=2 * jobs + 2)
 
-    def writer(f) -> None:
-        nonlocal size, reused
+    def writer(f: prealloc.GrowingFile) -> None:
+        nonlocal reused
         done = 0
         while (fut := ahead.get()) is not None:
             if failure:
@@ -227,14 +254,14 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
                 continue
             f.write(data)
             sha.update(data)
-            size += len(data)
             reused += hit
             done += 1
             if progress:
                 progress(done, reused)
 
     try:
-        with os.fdopen(fd, "wb") as f, ThreadPoolExecutor(max_workers=jobs) as pool:
+        f = prealloc.GrowingFile(fd)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
             w = threading.Thread(target=writer, args=(f,), name="lxclayer-compose-writer")
             w.start()
             try:
@@ -252,14 +279,19 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
             end = compress(fmt, tarformat.trailer(raw_total))
             f.write(end)
             sha.update(end)
-            size += len(end)
+            f.finish()
+        os.close(fd)
+        fd = -1
         # No fsync: the rename below is atomic for every reader, and the archive is made again
         # from the store whenever its size, inode and mtime (or its sha256) no longer match.
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return ComposeResult(path=out, sha256=sha.hexdigest(), size=size, chunks=nchunks,
+    return ComposeResult(path=out, sha256=sha.hexdigest(), size=f.size, chunks=nchunks,
                          reused=reused, raw_size=raw_total)

@@ -14,6 +14,7 @@ import pytest
 import zstandard
 
 from lxclayer import compose as composer
+from lxclayer.errors import StoreCorruption
 from lxclayer.manifest import Entry
 from lxclayer.store import Store
 
@@ -51,6 +52,8 @@ def tree(tmp_path, monkeypatch):
     # Smaller chunks than in production, so that a small tree has many.
     monkeypatch.setattr(composer, "MIN_CHUNK", 256 << 10)
     monkeypatch.setattr(composer, "MAX_CHUNK", 2 << 20)
+    # ...and a piece size that cuts the tree's 3 MiB files in three
+    monkeypatch.setattr(composer, "PIECE", 1 << 20)
     store = Store(tmp_path / "store")
     store._init()
     return store, synthetic_tree(store)
@@ -145,3 +148,43 @@ def test_damaged_chunk_is_made_again(tree, tmp_path):
     res = composer.compose(entries, tmp_path / "b.tar.gz", "tar.gz", store, mtime=SDE)
     assert res.reused == res.chunks - 1
     assert (tmp_path / "b.tar.gz").read_bytes() == good
+
+
+def test_no_chunk_is_larger_than_max_chunk_plus_a_piece(tree):
+    store, entries = tree
+    chunks = list(composer.plan_chunks(entries, "tar.gz", SDE))
+    pieces = [c for c in chunks if c.piece]
+    assert len(pieces) == 4 * 3  # the four 3 MiB files, each in three pieces
+    assert max(c.raw_size for c in chunks) <= composer.MAX_CHUNK + composer.PIECE + 1024
+    assert len({c.key for c in chunks}) == len(chunks)
+
+
+def test_a_file_added_before_the_large_files_moves_none_of_their_pieces(tree):
+    store, entries = tree
+    before = {c.key for c in composer.plan_chunks(entries, "tar.gz", SDE) if c.piece}
+    assert len(before) == 4 * 3
+    body = b"x" * 100_001
+    added = Entry(path="data/a-new", type="file", mode=0o644, mtime=SDE, size=len(body), hash=store.put_blob(body))
+    first_big = next(i for i, e in enumerate(entries) if e.size == 3 << 20)
+    assert entries[first_big - 1].path == "data" and entries[first_big].path == "data/big0"
+    entries.insert(first_big, added)
+    after = {c.key for c in composer.plan_chunks(entries, "tar.gz", SDE) if c.piece}
+    assert after == before
+
+
+def test_a_piece_is_not_made_from_a_blob_damaged_outside_its_range(tree, tmp_path):
+    store, entries = tree
+    composer.compose(entries, tmp_path / "a.tar.gz", "tar.gz", store, mtime=SDE)
+    chunks = list(composer.plan_chunks(entries, "tar.gz", SDE))
+    last_piece = next(c for c in chunks if c.piece and c.piece[0] == 2 << 20)
+    e = last_piece.entries[0]
+    blob = store.blob_path(e.hash)
+    data = bytearray(blob.read_bytes())
+    data[10] ^= 0xFF  # in the first piece's range, which stays cached
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    store.chunk_path(f"tar.gz-{last_piece.key}").unlink()
+    with pytest.raises(StoreCorruption, match=e.hash):
+        composer.compose(entries, tmp_path / "b.tar.gz", "tar.gz", store, mtime=SDE)
+    assert not (tmp_path / "b.tar.gz").exists()
+    assert not list(tmp_path.glob(".b.tar.gz.*"))
