@@ -9,7 +9,9 @@ For each tree it measures, as whole commands (`python -m lxclayer ...` in a fres
 - no-op build (nothing changed, archive present);
 - one-edit build (one config file of one layer changed);
 - the baselines on the same tree: `tar --sort=name ... | gzip -6`, `... | zstd -3 -T1`;
-and prints the ratios and the peak memory (max RSS) of each lxclayer command.
+and prints the ratios and the peak memory (max RSS) of each lxclayer command. Each measurement
+is repeated (--repeat, 3 rounds by default; the baseline once per round) and reported as the
+median with its range, since a shared VM's figures move from run to run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -95,7 +98,13 @@ def synthetic_project(root: Path, mb: int) -> tuple[Path, Path]:
                     break
             if total >= budget:
                 break
-    sha = hashlib.sha256(tarpath.read_bytes()).hexdigest()
+    # Hashed in blocks: Linux keeps a process's peak RSS across fork and exec, so a benchmark that
+    # held the tarball in memory would show it as every lxclayer command's peak.
+    h = hashlib.sha256()
+    with open(tarpath, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    sha = h.hexdigest()
     (base / "layer.toml").write_text(f'kind = "import"\npath = "base.tar"\nsha256 = "{sha}"\n')
     cfg = root / "layers" / "config" / "root" / "etc"
     cfg.mkdir(parents=True)
@@ -111,54 +120,66 @@ def synthetic_project(root: Path, mb: int) -> tuple[Path, Path]:
     return root, cfg / "app.conf"
 
 
-def measure(project: Path, edit: Path, work: Path, fmt: str, store: Path | None = None) -> dict:
-    """Cold build (unless a warm `store` is given), cold compose, no-op and one-edit builds."""
+def measure(project: Path, edit: Path, work: Path, fmt: str, store: Path | None = None, repeat: int = 3) -> dict:
+    """Cold build (unless a warm `store` is given), then `repeat` rounds of cold compose, no-op
+    and one-edit builds and of the baseline; each figure is a list with one value per round."""
     res: dict = {"cold": None, "cold_rss": 0}
-    ext = fmt
     if store is None:
         store = work / "store"
         res["cold"], res["cold_rss"] = lxclayer(project, store, "build", "--format", fmt)
     else:
         lxclayer(project, store, "build", "--format", fmt)
-    archive = next((project / "dist").glob(f"*.{ext}"))
+    archive = next((project / "dist").glob(f"*.{fmt}"))
     res["size"] = archive.stat().st_size
-    for chunk in (store / "chunks").rglob(f"{fmt}-*"):
-        chunk.unlink()
-    archive.unlink()
-    res["cold_compose"], res["compose_rss"] = lxclayer(project, store, "build", "--format", fmt)
-    res["noop"], res["noop_rss"] = lxclayer(project, store, "build", "--format", fmt)
-    original = edit.read_text()
-    edit.write_text(original + f"edited = {time.time()}\n")
-    res["edit"], res["edit_rss"] = lxclayer(project, store, "build", "--format", fmt)
-    edit.write_text(original)
-    # baselines on the same tree, extracted
     tree = work / "tree"
     if not tree.exists():
         tree.mkdir()
         subprocess.run(["tar", "-xf", str(archive), "-C", str(tree)], check=True)
-    if fmt == "tar.gz":
-        res["base_single"] = baseline(tree, work / "b.tar.gz", ["gzip", "-6", "-n"])
-        res["base_size"] = (work / "b.tar.gz").stat().st_size
-    else:
-        res["base_single"] = baseline(tree, work / "b.tar.zst", ["zstd", "-3", "-T1", "-q"])
-        res["base_size"] = (work / "b.tar.zst").stat().st_size
+    original = edit.read_text()
+    for key in ("cold_compose", "compose_rss", "noop", "noop_rss", "edit", "edit_rss", "base_single"):
+        res[key] = []
+    for _ in range(repeat):
+        for chunk in (store / "chunks").rglob(f"{fmt}-*"):
+            chunk.unlink()
+        archive.unlink()
+        for key, rss in (("cold_compose", "compose_rss"), ("noop", "noop_rss")):
+            t, m = lxclayer(project, store, "build", "--format", fmt)
+            res[key].append(t)
+            res[rss].append(m)
+        edit.write_text(original + f"edited = {time.time()}\n")
+        t, m = lxclayer(project, store, "build", "--format", fmt)
+        res["edit"].append(t)
+        res["edit_rss"].append(m)
+        # the baseline on the same tree, extracted, in the same round
+        out = work / ("b.tar.gz" if fmt == "tar.gz" else "b.tar.zst")
+        comp = ["gzip", "-6", "-n"] if fmt == "tar.gz" else ["zstd", "-3", "-T1", "-q"]
+        res["base_single"].append(baseline(tree, out, comp))
+        res["base_size"] = out.stat().st_size
+    edit.write_text(original)
     return res
 
 
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else ""
+
+
 def report(name: str, fmt: str, r: dict) -> None:
-    print(f"\n## {name}, {fmt}")
+    med = statistics.median
+    print(f"\n## {name}, {fmt} (median of {len(r['base_single'])} rounds, range after it)")
     print(f"archive {r['size'] / 2**20:.1f} MiB; baseline single-threaded {r['base_size'] / 2**20:.1f} MiB "
           f"({100 * (r['size'] / r['base_size'] - 1):+.2f}%)")
-    b = r["base_single"]
-    rows = [("baseline: tar --sort=name | " + ("gzip -6" if fmt == "tar.gz" else "zstd -3 -T1"), b, None, 0),
-            *([("lxclayer cold build (empty store)", r["cold"], b / r["cold"], r["cold_rss"])] if r["cold"] else []),
-            ("lxclayer cold compose (layers cached)", r["cold_compose"], b / r["cold_compose"], r["compose_rss"]),
-            ("lxclayer one-edit build", r["edit"], b / r["edit"], r["edit_rss"]),
-            ("lxclayer no-op build", r["noop"], b / r["noop"], r["noop_rss"])]
-    print(f"{'command':48} {'seconds':>8} {'x faster':>9} {'max RSS':>9}")
-    for label, t, ratio, rss in rows:
-        print(f"{label:48} {t:8.2f} {'' if ratio is None else f'{ratio:9.1f}'} "
-              f"{'' if not rss else f'{rss / 1024:6.0f} MiB':>9}")
+    b = med(r["base_single"])
+    rows = [("baseline: tar --sort=name | " + ("gzip -6" if fmt == "tar.gz" else "zstd -3 -T1"),
+             r["base_single"], 0),
+            *([("lxclayer cold build (empty store)", [r["cold"]], r["cold_rss"])] if r["cold"] else []),
+            ("lxclayer cold compose (layers cached)", r["cold_compose"], max(r["compose_rss"])),
+            ("lxclayer one-edit build", r["edit"], max(r["edit_rss"])),
+            ("lxclayer no-op build", r["noop"], max(r["noop_rss"]))]
+    print(f"{'command':40} {'seconds':>8} {'range':>12} {'x faster':>9} {'max RSS':>9}")
+    for i, (label, ts, rss) in enumerate(rows):
+        t = med(ts)
+        ratio = "" if i == 0 else f"{b / t:9.1f}"
+        print(f"{label:40} {t:8.2f} {_spread(ts):>12} {ratio:>9} {f'{rss / 1024:6.0f} MiB' if rss else '':>9}")
 
 
 def main() -> None:
@@ -166,6 +187,7 @@ def main() -> None:
     ap.add_argument("--synthetic-mb", type=int, default=0, help="size of the synthetic tree (0: skip)")
     ap.add_argument("--template", action="store_true", help="also measure the stock-analysis template")
     ap.add_argument("--formats", default="tar.gz,tar.zst")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of each measurement (median and range)")
     ap.add_argument("--store", type=Path, default=None,
                     help="a warm store for the template (skips its cold build, which takes minutes)")
     args = ap.parse_args()
@@ -174,14 +196,14 @@ def main() -> None:
         if args.synthetic_mb:
             with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
                 project, edit = synthetic_project(Path(tmp) / "proj", args.synthetic_mb)
-                report(f"synthetic tree, {args.synthetic_mb} MB of /usr", fmt, measure(project, edit, Path(tmp), fmt))
+                report(f"synthetic tree, {args.synthetic_mb} MB of /usr", fmt, measure(project, edit, Path(tmp), fmt, repeat=args.repeat))
         if args.template:
             with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
                 work = Path(tmp)
                 project = work / "proj"
                 shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".git", "dist", ".venv", "__pycache__"))
                 edit = project / "layers" / "redis-cluster" / "root" / "etc" / "redis" / "cluster" / "redis.conf"
-                report("stock-analysis template", fmt, measure(project, edit, work, fmt, args.store))
+                report("stock-analysis template", fmt, measure(project, edit, work, fmt, args.store, args.repeat))
 
 
 if __name__ == "__main__":
