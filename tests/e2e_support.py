@@ -30,3 +30,9 @@ def require_tools(*names: str) -> None:
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
         unavailable(f"needs {', '.join(missing)} on PATH")
+
+
+def require_lxc_guest_configs() -> None:
+    """boot-test includes LXC's config for Debian guests, which Debian ships in lxc-templates."""
+    if not os.path.exists("/usr/share/lxc/config/debian.common.conf"):
+        unavailable("needs /usr/share/lxc/config/debian.common.conf (Debian's lxc-templates)")

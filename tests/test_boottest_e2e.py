@@ -31,7 +31,7 @@ from lxclayer.boottest.run import boot_test
 from lxclayer.boottest.spec import Check, Fault
 from lxclayer.errors import ArchiveError
 
-from .e2e_support import require_root, require_tools
+from .e2e_support import require_lxc_guest_configs, require_root, require_tools
 
 pytestmark = pytest.mark.e2e
 
@@ -81,6 +81,7 @@ HEALTH = {"status": "ok", "checks": {"db": {"ok": True}, "cache": {"ok": True}}}
 def _require():
     require_root()
     require_tools(*TOOLS)
+    require_lxc_guest_configs()
 
 
 @pytest.fixture(scope="session")

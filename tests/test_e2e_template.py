@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import run_cli
-from .e2e_support import require_root, require_tools
+from .e2e_support import require_lxc_guest_configs, require_root, require_tools
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +78,7 @@ def test_locked_build_passes_check_and_holds_no_identity(template_archive):
 
 def test_boot_test_of_the_template(template_archive):
     require_tools("lxc-start", "lxc-attach", "lxc-usernsexec", "newuidmap", "dnsmasq", "ip")
+    require_lxc_guest_configs()
     r = run_cli("--project", str(REPO), "boot-test", str(template_archive), "--json", timeout=3600)
     report = json.loads(r.stdout) if r.stdout.strip().startswith("{") else None
     assert report is not None, r.stderr[-5000:]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -293,14 +295,15 @@ def test_git_uses_the_driver(tmp_path: Path) -> None:
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "lock")
     toml.write(repo / "locks/t.lock", _changed())
-    driver = tmp_path / "driver.py"
-    driver.write_text("import sys\nfrom lxclayer.lock.diff import git_external\n"
-                      "sys.stdout.write(git_external(sys.argv[1:]))\n")
+    # the documented command (docs/lockfile.md), run by the interpreter that runs the tests:
+    # a bare `python3` on PATH may lack lxclayer's dependencies
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "GIT_CONFIG_GLOBAL": "/dev/null",
            "GIT_CONFIG_NOSYSTEM": "1"}
-    out = subprocess.run(
-        ["git", "-C", str(repo), "-c", f"diff.lxclayer-lock.command=python3 {driver}",
-         "diff", "--ext-diff"], check=True, capture_output=True, env=env, text=True).stdout
+    command = f"{shlex.quote(sys.executable)} -m lxclayer lock diff --git"
+    r = subprocess.run(["git", "-C", str(repo), "-c", f"diff.lxclayer-lock.command={command}", "diff", "--ext-diff"],
+                       capture_output=True, env=env, text=True)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
     assert "postgresql: postgresql-15 15.13-0+deb12u1 → 15.14~rc1|x" in out
 

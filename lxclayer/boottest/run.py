@@ -56,7 +56,7 @@ def preflight(archive: Path) -> None:
                         f"{' '.join(missing)} package{'s' if len(missing) > 1 else ''}")
     if not Path("/usr/share/lxc/config/debian.common.conf").exists():
         raise UserError("boot-test needs /usr/share/lxc/config/debian.common.conf: install "
-                        "Debian's lxc package")
+                        "Debian's lxc-templates package (its LXC configs for Debian guests)")
     archive_suffix(archive)
     if not archive.exists():
         raise ArchiveError("no such file", file=str(archive))
