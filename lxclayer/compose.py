@@ -4,11 +4,11 @@ The tar stream is cut into chunks at entry boundaries chosen by content (a bound
 an entry whose key hash says so, once the chunk holds enough bytes); a file larger than PIECE
 has chunks of its own, cut at fixed offsets of its content, so that no chunk is large (one
 100 MB library would otherwise keep one core busy while the other waits, and hold the whole
-chunk in memory). Every chunk is compressed on its own: a gzip member or a zstd frame. Concatenated, they are one valid stream
-that GNU tar, Python's tarfile and `pct create` read as usual. A chunk's key is the digest of
-what it holds (each entry's header and content hash) and of the compressor, so after an edit
-only the chunks around the edited entries are compressed again; the rest is copied from the
-store. The bytes do not depend on the number of cores or on what was cached.
+chunk in memory). Every chunk is compressed on its own: a gzip member or a zstd frame.
+Concatenated, they are one valid stream that GNU tar, Python's tarfile and `pct create` read as
+usual. A chunk's key is the digest of what it holds (each entry's header and content hash) and
+of the compressor, so after an edit only the chunks around the edited entries are compressed
+again; the rest is copied from the store. The bytes do not depend on the number of cores or on what was cached.
 """
 
 from __future__ import annotations
@@ -175,25 +175,18 @@ def chunk_bytes(chunk: Chunk, store: Store) -> bytearray:
     view = memoryview(buf)
     pos = len(chunk.prefix)
     view[:pos] = chunk.prefix
-    if chunk.piece is not None:
-        (e,) = chunk.entries
-        start, stop = chunk.piece
+    # (entry, start, stop) of its content: a piece, or each whole entry
+    segments = [(chunk.entries[0], *chunk.piece)] if chunk.piece else [(e, 0, e.size) for e in chunk.entries]
+    for e, start, stop in segments:
         if start == 0:
             hdr = tarformat.header(e)
             view[pos:pos + len(hdr)] = hdr
             pos += len(hdr)
-        store.read_blob_into(e.hash, e.size, view[pos:pos + stop - start], start)
-        pos += stop - start
-        if stop == e.size:
-            pos += -e.size % tarformat.BLOCK  # padding: the buffer is zeros already
-    else:
-        for e in chunk.entries:
-            hdr = tarformat.header(e)
-            view[pos:pos + len(hdr)] = hdr
-            pos += len(hdr)
-            if e.type == "file":
-                store.read_blob_into(e.hash, e.size, view[pos:pos + e.size])
-                pos += e.size + (-e.size % tarformat.BLOCK)
+        if e.type == "file":
+            store.read_blob_into(e.hash, e.size, view[pos:pos + stop - start], start)
+            pos += stop - start
+            if stop == e.size:
+                pos += -e.size % tarformat.BLOCK  # padding: the buffer is zeros already
     if pos != chunk.raw_size:
         raise BuildError(f"chunk {chunk.key} has {pos} bytes, its plan says {chunk.raw_size}")
     return buf

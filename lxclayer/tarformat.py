@@ -88,10 +88,6 @@ def root_header(mtime: int) -> bytes:
     return _header(b"./", 0o755, 0, 0, 0, mtime, b"5")
 
 
-def padding(size: int) -> bytes:
-    return b"\0" * (-size % BLOCK)
-
-
 def trailer(length_so_far: int) -> bytes:
     """Two zero blocks, then zeros up to the end of the record."""
     end = length_so_far + 2 * BLOCK

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,8 +57,6 @@ def _download(url: str, dest: Path) -> None:
 
 def _download_retrying(url: str, dest: Path) -> None:
     """`_download`, tried again after a transient failure; NotFound is final at once."""
-    import time
-
     for attempt in range(RETRIES):
         try:
             _download(url, dest)
