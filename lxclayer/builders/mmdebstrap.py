@@ -206,11 +206,7 @@ def realise(ctx: Context) -> Result:
     # "important" in its .deb), so the variant alone would not select the same set.
     argv.append("--include=" + ",".join(sorted(pinned)))
     argv += [s.suite, str(target), f"deb [trusted=yes] file://{inside} ./"]
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LC_ALL": "C.UTF-8", "SOURCE_DATE_EPOCH": str(sde), "HOME": "/root", "TMPDIR": "/tmp",
-        "PYTHONHASHSEED": "0",
-    }
+    env = {"SOURCE_DATE_EPOCH": str(sde)}  # added to lxclayer.hermetic's fixed environment
     t = time.monotonic()
     ctx.log(f"mmdebstrap {s.variant} {s.suite}: {len(pinned)} pinned packages")
     try:
