@@ -90,8 +90,13 @@ def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: lis
             else:
                 why.append(f"pin {name} {a.version} changed (sha256)")
     for key in sorted(set(locked.resolved) | set(record.resolved)):
-        if locked.resolved.get(key) != record.resolved.get(key):
-            why.append(f"{key} resolves to {record.resolved.get(key)} (was {locked.resolved.get(key)})")
+        old_v, new_v = locked.resolved.get(key), record.resolved.get(key)
+        if old_v == new_v:
+            continue
+        if key.startswith("tool "):  # a host tool's version (see builders.mmdebstrap.HOST_TOOLS)
+            why.append(f"{key} {old_v or 'not recorded'} -> {new_v or 'not used'}")
+        else:
+            why.append(f"{key} resolves to {new_v} (was {old_v})")
     if record.parents is not None and locked_parents is not None:
         for name, old, new in zip(below_names, locked_parents, record.parents, strict=False):
             if old != new:

@@ -21,11 +21,11 @@ import xxhash
 from .definitions import LAYER_FILE, rel
 from .digest import digest_bytes, normalise_text
 from .errors import DefinitionError
+from .lock.model import EMPTY_DIR
 
 
 IGNORED_DIRS = (".git", "__pycache__")
 IGNORED_SUFFIXES = (".pyc", "~")
-EMPTY_DIR = "dir"  # the lock value of an empty folder
 
 
 def ignored(name: str) -> bool:

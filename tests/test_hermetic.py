@@ -51,3 +51,4 @@ def test_resolution_gets_the_callers_proxy_and_nothing_else(monkeypatch):
     assert "https_proxy=http://proxy.invalid:3128" in out
     assert "APT_CONFIG=/x" in out
     assert "LANG=C.UTF-8" in out and "de_DE" not in out
+

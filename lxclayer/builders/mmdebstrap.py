@@ -18,10 +18,12 @@ import re
 import shlex
 import shutil
 import time
+from functools import cache
 from pathlib import Path
 
 import msgspec
 
+from .. import hermetic
 from ..debian.apt import (
     KEYRING,
     PKG_NAME_RE,
@@ -156,6 +158,34 @@ def resolve(ctx: Context) -> Artifacts:
     shutil.rmtree(apt.root, ignore_errors=True)  # the indices: ~50 MB per mirror
     ctx.log(f"resolved {len(pinned)} packages in {time.monotonic() - t:.1f} s")
     return {"packages": pinned}
+
+
+# Host programs whose version shapes the bytes of the tree: mmdebstrap itself, and the host's
+# apt (it downloads and orders the installation) and dpkg (dpkg-deb unpacks the Essential set).
+HOST_TOOLS = ("mmdebstrap", "dpkg", "apt")
+
+
+@cache
+def host_tool_versions() -> dict[str, str]:
+    """Debian package version of each of HOST_TOOLS on this host ("not installed" if absent)."""
+    out = {t: "not installed" for t in HOST_TOOLS}
+    try:
+        p = hermetic.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}\t${Package}\t${Version}\n", *HOST_TOOLS],
+                         capture_output=True, text=True)
+    except FileNotFoundError:
+        return out
+    for line in p.stdout.splitlines():
+        abbrev, _, rest = line.partition("\t")
+        name, _, version = rest.partition("\t")
+        if abbrev.startswith("ii") and name in out:
+            out[name] = version
+    return out
+
+
+def resolved_inputs(ctx: Context) -> dict[str, str]:
+    """The versions of the host tools that build the tree: part of the input digest and the
+    lock, so a host with another mmdebstrap, apt or dpkg builds (and names) another input."""
+    return {f"tool {name}": version for name, version in host_tool_versions().items()}
 
 
 def _bases(s: Settings) -> list[str]:
