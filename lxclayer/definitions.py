@@ -19,6 +19,7 @@ import msgspec
 
 from .boottest.spec import Check, Fault
 from .errors import DefinitionError
+from .fsio import read_regular
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+_-]*$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~]*$")
@@ -132,7 +133,7 @@ def msgspec_key(err: msgspec.ValidationError) -> tuple[str | None, str]:
 def read_toml(file: Path, root: Path | None = None) -> dict[str, Any]:
     shown = rel(file, root)
     try:
-        data = file.read_bytes()
+        data = read_regular(file)
     except FileNotFoundError:
         raise DefinitionError("file not found", file=shown) from None
     except OSError as e:

@@ -54,6 +54,14 @@ def symlink(path: str, target: str):
     return apply
 
 
+def fifo(path: str):
+    def apply(root: Path) -> None:
+        f = root / path
+        f.unlink(missing_ok=True)
+        os.mkfifo(f)
+    return apply
+
+
 T = "layers/template.toml"
 C = "layers/config/layer.toml"
 B = "layers/base/layer.toml"
@@ -64,6 +72,7 @@ CASES = {
     "template not toml": (write(T, "name = \n"), ["layers/template.toml", "invalid TOML"]),
     "template not utf-8": (write(T, b"name = \"\xff\"\n"), ["layers/template.toml", "not UTF-8"]),
     "template unknown key": (append(T, "nmae = 1\n"), ["layers/template.toml: key nmae: unknown key"]),
+    "template is a fifo": (fifo(T), ["layers/template.toml", "not a regular file (it is a FIFO)"]),
     "template wrong type": (edit(T, "release = 1", 'release = "one"'), ["layers/template.toml: key release", "Expected `int`"]),
     "template missing key": (edit(T, "source_date_epoch = 1700000000\n", ""), ["key source_date_epoch: required key is missing"]),
     "template bad name": (edit(T, 'name = "test-tpl"', 'name = "Test Tpl"'), ["key name", "not a valid name"]),
@@ -95,6 +104,7 @@ CASES = {
                                      'release = 1\narch = "amd64"\nsource_date_epoch = 1\ndefinition = "x"\n'
                                      'layers = []\n[layers]\n'), ["locks/test-tpl.lock", "bogus"]),
     "lock missing table": (write(LOCK, "lock_version = 1\n"), ["locks/test-tpl.lock", "key template"]),
+    "lock is a fifo": (fifo(LOCK), ["locks/test-tpl.lock", "not a regular file (it is a FIFO)"]),
     "lock version": (write(LOCK, "lock_version = 99\n"), ["locks/test-tpl.lock", "lock_version"]),
 }
 CASES["added and deleted"] = (
