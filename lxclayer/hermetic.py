@@ -13,22 +13,28 @@ which give it:
 - the working folder ``/``;
 - the signal dispositions of a fresh process, and SIGKILL when lxclayer dies.
 
+lxclayer itself writes into the trees it builds (``/etc/apt/sources.list``, an emptied
+``/etc/machine-id``, a repository key), so a layer is realised under :func:`fixed_umask`: the
+process's own umask is 022 while any layer is being realised.
+
 The host name and the network are fixed by running in namespaces: see
 :func:`lxclayer.debian.chroot.run_isolated`, which starts ``unshare --uts [--net]`` through
 :func:`popen` and sets the host name ``localhost``. Programs lxclayer runs only to *resolve*
-pins (apt-get update on the host, ``uv pip compile``) need the network; they get the proxy
-variables of the caller (:data:`PROXY_VARS`), because what they fetch is pinned by sha256
+pins (apt-get update on the host, ``uv pip compile``) need the network; they get the proxy and
+TLS trust variables of the caller (:data:`NETWORK_VARS`), because what they fetch is pinned by sha256
 before any build uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 UMASK = 0o022
@@ -54,19 +60,45 @@ LIMITS: dict[int, tuple[int, int]] = {
     resource.RLIMIT_FSIZE: (resource.RLIM_INFINITY, resource.RLIM_INFINITY),
     resource.RLIMIT_NPROC: (resource.RLIM_INFINITY, resource.RLIM_INFINITY),
 }
-PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "all_proxy",
-              "ALL_PROXY")
+# How the caller reaches the network: proxies and the TLS trust store (a site's own CA). Given
+# only to programs that use the network; they change where bytes come from, never which bytes
+# a build uses (those are pinned by sha256).
+NETWORK_VARS = ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+                "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR")
 PR_SET_PDEATHSIG = 1
 
 
 def environment(extra: Mapping[str, str] | None = None, *, proxies: bool = False) -> dict[str, str]:
-    """The environment of a build program: :data:`BASE_ENV`, the caller's proxy variables if
-    `proxies`, then `extra`. Nothing else of ``os.environ``."""
+    """The environment of a build program: :data:`BASE_ENV`, the caller's :data:`NETWORK_VARS`
+    if `proxies` (a program that uses the network), then `extra`. Nothing else of ``os.environ``."""
     env = dict(BASE_ENV)
     if proxies:
-        env.update({k: v for k in PROXY_VARS if (v := os.environ.get(k)) is not None})
+        env.update({k: v for k in NETWORK_VARS if (v := os.environ.get(k)) is not None})
     env.update(extra or {})
     return env
+
+
+_umask_lock = threading.Lock()
+_umask_users = 0
+_umask_saved = 0
+
+
+@contextlib.contextmanager
+def fixed_umask() -> Iterator[None]:
+    """While inside (in any thread), this process's umask is :data:`UMASK`; the caller's is put
+    back when the last user leaves (builds of several layers run in threads)."""
+    global _umask_users, _umask_saved
+    with _umask_lock:
+        if _umask_users == 0:
+            _umask_saved = os.umask(UMASK)
+        _umask_users += 1
+    try:
+        yield
+    finally:
+        with _umask_lock:
+            _umask_users -= 1
+            if _umask_users == 0:
+                os.umask(_umask_saved)
 
 
 def _limit(which: int, soft: int, hard: int) -> None:

@@ -44,11 +44,40 @@ def test_caller_umask_env_cwd_and_descriptors_do_not_reach_the_program(tmp_path,
     assert lines[-1].split() == ["0", "1", "2", "3"]
 
 
-def test_resolution_gets_the_callers_proxy_and_nothing_else(monkeypatch):
+def test_resolution_gets_the_callers_proxy_and_trust_store_and_nothing_else(monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/site-ca.pem")
     monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")
     monkeypatch.setenv("LANG", "de_DE.UTF-8")
     out = _probe(proxies=True, env={"APT_CONFIG": "/x"})
     assert "https_proxy=http://proxy.invalid:3128" in out
     assert "APT_CONFIG=/x" in out
+    assert "SSL_CERT_FILE=/etc/site-ca.pem" in out
+    assert "SSL_CERT_FILE" not in _probe()
     assert "LANG=C.UTF-8" in out and "de_DE" not in out
 
+
+
+def test_realising_runs_under_umask_022_and_gives_the_callers_back(tmp_path):
+    """lxclayer's own writes into a tree (sources.list, machine-id) must not follow the caller."""
+    import threading
+
+    old = os.umask(0o077)
+    try:
+        seen = []
+
+        def write(name):
+            with hermetic.fixed_umask():
+                p = tmp_path / name
+                p.write_text("x")
+                seen.append(p.stat().st_mode & 0o777)
+
+        with hermetic.fixed_umask():
+            threads = [threading.Thread(target=write, args=(f"f{i}",)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert seen == [0o644] * 4
+        assert os.umask(0o077) == 0o077  # the caller's umask is back
+    finally:
+        os.umask(old)

@@ -241,6 +241,7 @@ class Chroot:
             data = b""
         (self.root / "etc").mkdir(exist_ok=True)
         (self.root / "etc/resolv.conf").write_bytes(data)
+        os.chmod(self.root / "etc/resolv.conf", 0o644)  # apt's _apt user reads it
         for b in self.binds:
             mp = self.root / b.inside.lstrip("/")
             if not mp.exists():
