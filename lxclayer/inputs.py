@@ -13,7 +13,7 @@ import msgspec
 
 from .definitions import Layer
 from .digest import digest
-from .lock.model import Artifact, LockedLayer
+from .lock.model import EMPTY_DIR, Artifact, LockedLayer
 
 Artifacts = dict[str, dict[str, Artifact]]
 
@@ -70,9 +70,9 @@ def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: lis
         if old == new:
             continue
         if old is None:
-            why.append(f"file {path} added")
+            why.append(f"{_what(new)} {path} added")
         elif new is None:
-            why.append(f"file {path} removed")
+            why.append(f"{_what(old)} {path} removed")
         else:
             why.append(f"file {path} changed")
     for group in sorted(set(locked.artifacts) | set(record.artifacts)):
@@ -106,6 +106,10 @@ def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: lis
     if not why and locked.input != record.digest():
         why.append("template architecture or SOURCE_DATE_EPOCH changed")
     return why
+
+
+def _what(source: str | None) -> str:
+    return "folder" if source == EMPTY_DIR else "file"
 
 
 def _changed_keys(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:

@@ -153,3 +153,15 @@ def test_scanning_raises_on_an_xattr_error_that_could_drop_a_capability(monkeypa
 
     monkeypatch.setattr(scan.os, "listxattr", unsupported)
     assert scan.read_xattrs(str(f)) == {}
+
+
+def test_plan_names_an_added_empty_folder(tmp_path):
+    from lxclayer.lock import toml as locktoml
+
+    proj = project(tmp_path / "p", {"etc": {"motd": ("file", b"hi\n", False)}})
+    build(load_project(proj), Store(tmp_path / "store"))
+    (proj / "layers/tree/root/var/empty-dir").mkdir(parents=True)
+    p = load_project(proj)
+    planned = plan(p, Store(tmp_path / "store"), locktoml.read(p.lock_file))[0]
+    assert planned.state == "build"
+    assert planned.reasons == ["folder root/var/empty-dir added"]
