@@ -66,6 +66,12 @@ LIMITS: dict[int, tuple[int, int]] = {
 NETWORK_VARS = ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
                 "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR")
 PR_SET_PDEATHSIG = 1
+# Loaded here, not in the child: between fork and exec (other threads may hold locks) the child
+# only makes system calls.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # no C library to call prctl with; the namespaces of run_isolated still clean up
+    _LIBC = None
 
 
 def environment(extra: Mapping[str, str] | None = None, *, proxies: bool = False) -> dict[str, str]:
@@ -117,11 +123,8 @@ def _child_setup() -> None:  # runs in the child between fork and exec: no alloc
             _limit(which, soft, hard)
         except (ValueError, OSError):
             pass  # a limit this kernel does not have; the others still apply
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass  # the namespaces of run_isolated still clean up
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _kwargs(env: Mapping[str, str] | None, proxies: bool, cwd: str) -> dict[str, Any]:
