@@ -28,6 +28,7 @@ from .builders.base import Context
 from .definitions import Layer, Project, rel
 from .digest import digest
 from .errors import BuildError, LockError, StoreCorruption
+from . import hermetic
 from .inputs import Artifacts, InputRecord, explain, settings_digest, settings_of
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
@@ -315,7 +316,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
                     raise LockError(f"layer {layer.name}: pins are not in the lock",
                                     file=rel(project.lock_file, project.root))
                 events.log(layer.name, "resolving pins")
-                artifacts = mod.resolve(ctx)
+                with hermetic.fixed_umask():  # resolving runs programs in a chroot it writes into
+                    artifacts = mod.resolve(ctx)
         ctx.artifacts = artifacts
         resolved = mod.resolved_inputs(ctx) if hasattr(mod, "resolved_inputs") else {}
         parents = [e.output for e in below] if mod.READS_BELOW else None
@@ -334,7 +336,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
             with store.layer_lock(p.input):
                 entry = _lookup(store, p.input, layer, mode, events)  # built meanwhile by another run?
                 if entry is None:
-                    result = mod.realise(ctx)
+                    with hermetic.fixed_umask():  # lxclayer's own writes into the tree, too
+                        result = mod.realise(ctx)
                     meta_record = msgspec.to_builtins(rec)
                     meta_record["settings_data"] = st.settings_data
                     from .store import LayerMeta

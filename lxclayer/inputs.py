@@ -13,7 +13,7 @@ import msgspec
 
 from .definitions import Layer
 from .digest import digest
-from .lock.model import Artifact, LockedLayer
+from .lock.model import EMPTY_DIR, Artifact, LockedLayer
 
 Artifacts = dict[str, dict[str, Artifact]]
 
@@ -70,9 +70,9 @@ def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: lis
         if old == new:
             continue
         if old is None:
-            why.append(f"file {path} added")
+            why.append(f"{_what(new)} {path} added")
         elif new is None:
-            why.append(f"file {path} removed")
+            why.append(f"{_what(old)} {path} removed")
         else:
             why.append(f"file {path} changed")
     for group in sorted(set(locked.artifacts) | set(record.artifacts)):
@@ -90,8 +90,13 @@ def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: lis
             else:
                 why.append(f"pin {name} {a.version} changed (sha256)")
     for key in sorted(set(locked.resolved) | set(record.resolved)):
-        if locked.resolved.get(key) != record.resolved.get(key):
-            why.append(f"{key} resolves to {record.resolved.get(key)} (was {locked.resolved.get(key)})")
+        old_v, new_v = locked.resolved.get(key), record.resolved.get(key)
+        if old_v == new_v:
+            continue
+        if key.startswith("tool "):  # a host tool's version (see builders.mmdebstrap.HOST_TOOLS)
+            why.append(f"{key} {old_v or 'not recorded'} -> {new_v or 'not used'}")
+        else:
+            why.append(f"{key} resolves to {new_v} (was {old_v})")
     if record.parents is not None and locked_parents is not None:
         for name, old, new in zip(below_names, locked_parents, record.parents, strict=False):
             if old != new:
@@ -101,6 +106,10 @@ def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: lis
     if not why and locked.input != record.digest():
         why.append("template architecture or SOURCE_DATE_EPOCH changed")
     return why
+
+
+def _what(source: str | None) -> str:
+    return "folder" if source == EMPTY_DIR else "file"
 
 
 def _changed_keys(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:

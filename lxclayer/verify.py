@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from . import hermetic
 from .build import Events, Mode, realise_layer
 from .builders import builder
 from .definitions import Project
@@ -76,6 +77,7 @@ def verify_rebuild(project: Project, store: Store, names: list[str], events: Eve
                 ctx = _context(layer, project, store, entries[:i], pins, work, Mode.NORMAL, False,
                                lambda m, n=layer.name: events.log(n, m))
                 events.log(layer.name, "rebuilding without the cache")
-                rebuilt = mod.realise(ctx)
+                with hermetic.fixed_umask():
+                    rebuilt = mod.realise(ctx)
             result[layer.name] = compare(entries[i].entries, rebuilt.entries)
     return result

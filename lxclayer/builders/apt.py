@@ -22,7 +22,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path, PurePosixPath
 
@@ -36,6 +35,7 @@ from ..debian.apt import (
     parse_sources,
     update_failure,
 )
+from .. import hermetic
 from ..debian.chroot import OVERLAY_UNAVAILABLE, Bind, Chroot
 from ..debian.deb822 import paragraphs
 from ..debian.fetch import deb_urls, fetch_all, link_or_copy
@@ -99,7 +99,7 @@ def gpg_fingerprints(data: bytes) -> list[str]:
     """Fingerprints of the primary keys in an OpenPGP key file (needs gpg)."""
     with tempfile.TemporaryDirectory(prefix="lxclayer-gpg-") as home:
         try:
-            p = subprocess.run(
+            p = hermetic.run(
                 ["gpg", "--homedir", home, "--batch", "--no-tty", "--with-colons", "--show-keys", "--fixed-list-mode"],
                 input=data, capture_output=True,
             )
