@@ -23,12 +23,12 @@ from typing import Any
 import msgspec
 
 from . import compose as composer
+from . import hermetic, roots
 from .builders import builder
 from .builders.base import Context
 from .definitions import Layer, Project, rel
 from .digest import digest
 from .errors import BuildError, LockError, StoreCorruption
-from . import hermetic
 from .inputs import Artifacts, InputRecord, explain, settings_digest, settings_of
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
@@ -416,6 +416,9 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
     lock_path = project.lock_file
     lock = locktoml.read(lock_path)
     with store.session():
+        # This project's lock is a GC root of the store from now on: `gc`, run from any project
+        # sharing the store, keeps what it names (a root whose lockfile never appears is dead).
+        roots.register(store.root, lock_path)
         cache = cache_for(store.root, project.root)
         if mode is Mode.LOCKED:
             check_locked(project, store, lock, cache)

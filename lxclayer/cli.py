@@ -320,7 +320,12 @@ def check(archive, as_json) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed, remove nothing.")
 @click.pass_context
 def gc(ctx, dry_run) -> None:
-    """Remove store entries that no lockfile in locks/ refers to.
+    """Remove what no project using this store needs.
+
+    Every build registers its lockfile in the store as a GC root; gc keeps everything any
+    live root's lockfile names (this project's and every other project's that builds into the
+    same store), and removes roots whose lockfile is gone. With --dry-run it lists what it
+    would free and why.
 
     \b
     Example:
@@ -333,10 +338,21 @@ def gc(ctx, dry_run) -> None:
         from .definitions import find_project
 
         project_root = find_project()
-    res = collect(_store(ctx), Path(project_root) / "locks", dry_run=dry_run)
+    locks_dir = Path(project_root) / "locks"
+    project_locks = sorted(locks_dir.glob("*.lock")) if locks_dir.is_dir() else []
+    res = collect(_store(ctx), project_locks, dry_run=dry_run, project=str(project_root))
     verb = "would free" if dry_run else "freed"
+    for lock_file in res.live_roots:
+        click.echo(f"root {lock_file}")
+    for lock_file in res.dead_roots:
+        click.echo(f"{'would remove' if dry_run else 'removed'} dead root {lock_file} (the lockfile is gone)")
+    if dry_run:
+        for digest_, layer, kind, size in res.freed_entries:
+            click.echo(f"would free layer entry {digest_[:12]} ({layer}, {kind}, {_human_size(size)}):"
+                       " no live root's lockfile names it")
     click.echo(f"{verb} {_human_size(res.freed)}: {res.layers} layer entries, {res.blobs} blobs,"
-               f" {res.chunks} chunks, {res.artifacts} artifacts; kept {res.kept} layer entries")
+               f" {res.chunks} chunks, {res.artifacts} artifacts; kept {res.kept} layer entries"
+               f" for {len(res.live_roots)} root(s)")
 
 
 @cli.command()

@@ -23,7 +23,6 @@ from .digest import digest_bytes, normalise_text
 from .errors import DefinitionError
 from .lock.model import EMPTY_DIR
 
-
 IGNORED_DIRS = (".git", "__pycache__")
 IGNORED_SUFFIXES = (".pyc", "~")
 

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 import msgspec
 
+from .. import hermetic
 from ..debian.apt import (
     PKG_NAME_RE,
     apt_failure,
@@ -35,7 +36,6 @@ from ..debian.apt import (
     parse_sources,
     update_failure,
 )
-from .. import hermetic
 from ..debian.chroot import OVERLAY_UNAVAILABLE, Bind, Chroot
 from ..debian.deb822 import paragraphs
 from ..debian.fetch import deb_urls, fetch_all, link_or_copy

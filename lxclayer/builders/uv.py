@@ -18,7 +18,6 @@ hashes (`compileall --invalidation-mode checked-hash`): a .pyc then names its so
 not by mtime, so it is the same in every build and stays valid when the archive clamps mtimes.
 """
 
-import os
 import re
 import shlex
 import time
