@@ -6,6 +6,7 @@ with code 2; nothing a user can cause prints a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -457,6 +458,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         os._exit(0)
+    except OSError as e:
+        # What the machine or the user's files cause (a full disk, a read-only or missing folder,
+        # `dist` being a file, no permission) is one line naming the path, not a traceback.
+        # Anything else keeps its traceback: it is a bug.
+        if e.errno not in _MACHINE_ERRNOS:
+            raise
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+        click.echo(f"lxclayer: error: {where + ': ' if where else ''}{e.strerror or e}", err=True)
+        sys.exit(1)
+
+
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                   errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EIO, errno.EMFILE, errno.ENAMETOOLONG,
+                   errno.ELOOP, errno.EFBIG}
 
 
 if __name__ == "__main__":

@@ -250,10 +250,10 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
                 continue  # keep taking futures, so that the producer never blocks
             try:
                 data, hit = fut.result()
+                f.write(data)  # a full disk ends here: reported by the caller, not this thread
             except BaseException as e:  # reported by the caller below
                 failure.append(e)
                 continue
-            f.write(data)
             sha.update(data)
             reused += hit
             done += 1
@@ -287,12 +287,14 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
         # from the store whenever its size, inode and mtime (or its sha256) no longer match.
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(out)) from None  # say which file (a full disk)
         raise
     return ComposeResult(path=out, sha256=sha.hexdigest(), size=f.size, chunks=nchunks,
                          reused=reused, raw_size=raw_total)

@@ -3,6 +3,7 @@ archive or lock; damage is healed by a plain build and named under --locked."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -224,3 +225,82 @@ def test_a_wrong_sha256_file_is_corrected(built):
     sha.write_text("0" * 64 + f"  {ARCHIVE}\n")
     do_build(project, store)
     assert sha.read_text() == f"{hashlib.sha256(good).hexdigest()}  {ARCHIVE}\n"
+
+
+# --- the machine says no ---------------------------------------------------------------------------
+
+
+def _one_line_error(r: subprocess.CompletedProcess, *parts: str) -> None:
+    assert r.returncode in (1, 2), (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("lxclayer: error: ")]
+    assert len(errors) == 1, r.stderr
+    for part in parts:
+        assert part in errors[0], r.stderr
+
+
+def test_dist_being_a_file_is_one_line(project_dir, store_dir):
+    (project_dir / "dist").write_text("not a folder\n")
+    r = run_cli("--project", str(project_dir), "--store", str(store_dir), "build")
+    _one_line_error(r, str(project_dir / "dist"))
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(project_dir, store_dir):
+    r = run_cli("--project", str(project_dir), "--store", str(store_dir), "build", "--out", "/proc/no/such")
+    _one_line_error(r, "/proc/no")
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small or read-only file system needs root")
+
+
+@contextlib.contextmanager
+def mounted(target: Path, *options: str):
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", *options, str(target)], check=True)
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=True)
+
+
+def incompressible(project: Path, mib: int = 3) -> Path:
+    (project / "layers" / "config" / "root" / "etc" / "noise").write_bytes(os.urandom(mib << 20))
+    return project
+
+
+@needs_root
+def test_a_full_disk_under_dist_is_one_line(tmp_path):
+    project = incompressible(write_project(tmp_path / "p"))
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs"):
+        r = run_cli("--project", str(project), "--store", str(tmp_path / "store"), "build",
+                    "--out", str(tmp_path / "small"))
+        _one_line_error(r, str(tmp_path / "small"), "No space left on device")
+        assert not [p for p in (tmp_path / "small").iterdir()]  # nothing half-written is left
+
+
+@needs_root
+def test_a_full_disk_under_the_store_is_one_line(tmp_path):
+    project = incompressible(write_project(tmp_path / "p"))
+    with mounted(tmp_path / "store", "-t", "tmpfs", "-o", "size=1m", "tmpfs"):
+        r = run_cli("--project", str(project), "--store", str(tmp_path / "store"), "build")
+        _one_line_error(r, "No space left on device")
+
+
+@needs_root
+def test_a_read_only_store_is_one_line(tmp_path):
+    project = write_project(tmp_path / "p")
+    store = tmp_path / "store"
+    do_build(project, store)
+    (project / "layers" / "config" / "root" / "etc" / "motd").write_text("edited\n")
+    with mounted(store, "--bind", str(store)):
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(store)], check=True)
+        r = run_cli("--project", str(project), "--store", str(store), "build")
+        _one_line_error(r, "Read-only file system")
+
+
+@needs_root
+def test_read_only_locks_is_one_line(tmp_path):
+    project = write_project(tmp_path / "p")
+    with mounted(project / "locks", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"):
+        r = run_cli("--project", str(project), "--store", str(tmp_path / "store"), "build")
+        _one_line_error(r, "Read-only file system", "locks")
