@@ -172,7 +172,7 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
             # The input digest is not known before something else is built or resolved.
             p.reasons = explain(
                 _record(layer, project, st, artifacts or {}, resolved or {}, None),
-                locked, None, below_names, _old_settings(store, locked), st.settings_data,
+                locked, None, below_names, _old_settings(store, locked), st.settings_data, complete=False,
             ) if locked else ["new layer (not in the lock)"]
             if artifacts is None:
                 p.reasons.append("pins are resolved again")
