@@ -29,6 +29,8 @@ FORBIDDEN = (
     "./etc/ssl/certs/ssl-cert-snakeoil.pem",
     "./var/lib/postgresql/15/main/",
     "./etc/postgresql/15/main/",
+    "./var/lib/postgresql/17/main/",
+    "./etc/postgresql/17/main/",
     "./var/lib/dbus/machine-id",
     "./var/lib/systemd/random-seed",
     "./var/lib/systemd/credential.secret",
@@ -36,24 +38,37 @@ FORBIDDEN = (
 FORBIDDEN_PREFIXES = ("./etc/ssh/ssh_host_", "./etc/stock-analysis/secrets/", "./var/lib/stock-analysis/firstboot/")
 
 
+# (template file, archive name, PostgreSQL major, Python) of each template of the project.
+TEMPLATES = {
+    "debian-12": ("layers/template.toml", "debian-12-stock-analysis_1.0.0-1_amd64.tar.gz", "15", "3.11"),
+    "debian-13": ("layers-debian-13/template.toml", "debian-13-stock-analysis_1.0.0-1_amd64.tar.gz", "17", "3.13"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TEMPLATES))
+def template(request) -> tuple[str, str, str, str]:
+    return TEMPLATES[request.param]
+
+
 @pytest.fixture(scope="module")
-def template_archive(tmp_path_factory) -> Path:
+def template_archive(tmp_path_factory, template) -> Path:
     require_root()
     require_tools("mmdebstrap", "tar")
     out = tmp_path_factory.mktemp("dist")
     # As a user's shell might be (issue 10): another umask, time zone and locale, and another
     # working folder. The lock was made under umask 022 and UTC; the build must reproduce it.
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    r = run_cli("--project", str(REPO), "build", "--locked", "--out", str(out), "--json", timeout=3600,
+    r = run_cli("--project", str(REPO), "--template", str(REPO / template[0]), "build", "--locked", "--out", str(out), "--json", timeout=3600,
                 cwd=elsewhere, umask=0o002, env={"TZ": "Pacific/Auckland", "LC_ALL": "C.UTF-8"})
     assert r.returncode == 0, r.stderr[-5000:]
     report = json.loads(r.stdout)
     archive = Path(report["archives"][0]["path"])
-    assert archive.name == "debian-12-stock-analysis_1.0.0-1_amd64.tar.gz"
+    assert archive.name == template[1]
     return archive
 
 
-def test_locked_build_passes_check_and_holds_no_identity(template_archive):
+def test_locked_build_passes_check_and_holds_no_identity(template_archive, template):
+    pg, py = template[2], template[3]
     c = run_cli("check", str(template_archive))
     assert c.returncode == 0, c.stdout + c.stderr
     with tarfile.open(template_archive) as tf:
@@ -66,8 +81,8 @@ def test_locked_build_passes_check_and_holds_no_identity(template_archive):
         mid = members.get("./etc/machine-id")
         assert mid is None or mid.size == 0
         # A real Debian root file system, with the software installed at build time.
-        for path in ("./etc/debian_version", "./usr/lib/postgresql/15/bin/postgres", "./usr/bin/redis-server",
-                     "./usr/lib/rabbitmq/bin/rabbitmq-server", "./usr/bin/python3.11",
+        for path in ("./etc/debian_version", f"./usr/lib/postgresql/{pg}/bin/postgres", "./usr/bin/redis-server",
+                     "./usr/lib/rabbitmq/bin/rabbitmq-server", f"./usr/bin/python{py}",
                      "./opt/stock-analysis/venvs/broker-gateway/bin/python"):
             assert path in names, path
         # No file carries a password written into the template.
@@ -80,10 +95,11 @@ def test_locked_build_passes_check_and_holds_no_identity(template_archive):
                         pytest.fail(f"{m.name}: a literal Redis password: {line!r}")
 
 
-def test_boot_test_of_the_template(template_archive):
+def test_boot_test_of_the_template(template_archive, template):
     require_tools("lxc-start", "lxc-attach", "lxc-usernsexec", "newuidmap", "dnsmasq", "ip")
     require_lxc_guest_configs()
-    r = run_cli("--project", str(REPO), "boot-test", str(template_archive), "--json", timeout=3600)
+    r = run_cli("--project", str(REPO), "--template", str(REPO / template[0]), "boot-test", str(template_archive),
+                "--json", timeout=3600)
     report = json.loads(r.stdout) if r.stdout.strip().startswith("{") else None
     assert report is not None, r.stderr[-5000:]
     failed = [x for x in report["results"] if not x["ok"]]
