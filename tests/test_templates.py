@@ -42,7 +42,7 @@ def test_files_layers_are_shared_folders_not_copies():
             "postgresql-preseed"} <= shared
     # Only what must differ is its own folder.
     assert {la.name for la in p13.layers} - shared == {"base-os", "postgresql", "postgresql-config",
-                                                      "rabbitmq4-config"}
+                                                      "rabbitmq4-config", "base-os-config-13"}
 
 
 def test_shared_files_layers_have_one_store_address(locks):
