@@ -26,12 +26,13 @@ from .definitions import Layer, Project, rel
 from .digest import digest
 from .errors import BuildError, LockError, StoreCorruption
 from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
+from .fsio import atomic_write, remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
 from .sources import StatCache, cache_for
-from .store import LayerEntry, LayerMeta, Store, remove_stale_temporaries
+from .store import LayerEntry, LayerMeta, Store
 
 
 @dataclass
@@ -348,7 +349,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 if mode is Mode.LOCKED or attempt == 2:
                     raise
                 events.warn(f"{e.message()}: removing the damaged entry and building again")
-                _evict(store, e, entries)
+                store.evict(e, entries)
         if mode is Mode.LOCKED and lock is not None:
             for a in archives:
                 want = lock.template.archives.get(a.format)
@@ -395,19 +396,6 @@ def _members(entries):
                      size=e.size, linkname=e.target, xattrs=tuple(e.xattrs))
 
 
-def _evict(store: Store, e: StoreCorruption, stack: list[LayerEntry]) -> None:
-    """Remove what a damage report names: a layer entry, or a blob and every entry of the
-    stack that refers to it, so that the next attempt builds them again."""
-    path = Path(e.entry)
-    if path.parent.name == "layers":
-        store.remove_entry(path.name)
-    elif path.parent.parent.name == "blobs":
-        path.unlink(missing_ok=True)
-        for entry in stack:
-            if any(x.hash == path.name for x in entry.entries):
-                store.remove_entry(entry.input)
-
-
 def _compose_one(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
                  entries: list[LayerEntry], jobs: int | None, events: Events) -> ArchiveInfo:
     path = archive_path(project, out_dir, fmt)
@@ -416,18 +404,28 @@ def _compose_one(project: Project, store: Store, tree: Callable[[], list], fmt: 
     t0 = time.monotonic()
     known = store.composed(key)
     if known is not None and store.output_matches(key, path, known):
+        _write_sha256(path, known["sha256"])
         info = ArchiveInfo(format=fmt, path=path, sha256=known["sha256"], size=known["size"], composed=False)
         events.compose_done(info)
         return info
     events.compose_start(fmt, path)
     res = composer.compose(tree(), path, fmt, store, mtime=project.template.source_date_epoch, jobs=jobs,
                            progress=lambda n, r: events.compose_progress(fmt, n, r))
-    sha_file = path.with_name(path.name + ".sha256")
-    from .store import atomic_write
-
-    atomic_write(sha_file, f"{res.sha256}  {path.name}\n".encode())
+    _write_sha256(path, res.sha256)
     store.record_composed(key, path, res.sha256, res.size)
     info = ArchiveInfo(format=fmt, path=path, sha256=res.sha256, size=res.size, chunks=res.chunks,
                        reused=res.reused, seconds=time.monotonic() - t0)
     events.compose_done(info)
     return info
+
+
+def _write_sha256(path: Path, sha256: str) -> None:
+    """`NAME.sha256` beside the archive, as `sha256sum -c` reads it; rewritten when wrong."""
+    sha_file = path.with_name(path.name + ".sha256")
+    want = f"{sha256}  {path.name}\n".encode()
+    try:
+        if sha_file.read_bytes() == want:
+            return
+    except OSError:
+        pass
+    atomic_write(sha_file, want)
