@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from . import compose as composer
+from . import hermetic, roots
 from .builders import builder
 from .builders.base import Context
 from .definitions import Layer, Project, rel
@@ -33,7 +34,7 @@ from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
 from .sources import StatCache, cache_for, scan_sources
-from .store import LayerEntry, Store
+from .store import LayerEntry, Store, remove_stale_temporaries
 
 
 class Mode(enum.Enum):
@@ -171,7 +172,7 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
             # The input digest is not known before something else is built or resolved.
             p.reasons = explain(
                 _record(layer, project, st, artifacts or {}, resolved or {}, None),
-                locked, None, below_names, _old_settings(store, locked), st.settings_data,
+                locked, None, below_names, _old_settings(store, locked), st.settings_data, complete=False,
             ) if locked else ["new layer (not in the lock)"]
             if artifacts is None:
                 p.reasons.append("pins are resolved again")
@@ -315,7 +316,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
                     raise LockError(f"layer {layer.name}: pins are not in the lock",
                                     file=rel(project.lock_file, project.root))
                 events.log(layer.name, "resolving pins")
-                artifacts = mod.resolve(ctx)
+                with hermetic.fixed_umask():  # resolving runs programs in a chroot it writes into
+                    artifacts = mod.resolve(ctx)
         ctx.artifacts = artifacts
         resolved = mod.resolved_inputs(ctx) if hasattr(mod, "resolved_inputs") else {}
         parents = [e.output for e in below] if mod.READS_BELOW else None
@@ -334,7 +336,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
             with store.layer_lock(p.input):
                 entry = _lookup(store, p.input, layer, mode, events)  # built meanwhile by another run?
                 if entry is None:
-                    result = mod.realise(ctx)
+                    with hermetic.fixed_umask():  # lxclayer's own writes into the tree, too
+                        result = mod.realise(ctx)
                     meta_record = msgspec.to_builtins(rec)
                     meta_record["settings_data"] = st.settings_data
                     from .store import LayerMeta
@@ -411,8 +414,13 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
     out_dir = out_dir or project.root / "dist"
     formats = formats or list(project.template.formats)
     lock_path = project.lock_file
-    lock = locktoml.read(lock_path)
-    with store.session():
+    with store.session(), store.project_lock(lock_path):
+        lock = locktoml.read(lock_path)  # read under the project lock: another build may have written it
+        for folder in (out_dir, lock_path.parent):
+            remove_stale_temporaries(folder)
+        # This project's lock is a GC root of the store from now on: `gc`, run from any project
+        # sharing the store, keeps what it names (a root whose lockfile never appears is dead).
+        roots.register(store.root, lock_path)
         cache = cache_for(store.root, project.root)
         if mode is Mode.LOCKED:
             check_locked(project, store, lock, cache)

@@ -272,6 +272,10 @@ def compression_of(head: bytes) -> str:
     for magic, name in _MAGIC:
         if head.startswith(magic):
             return name
+    # A zstd stream may start with a skippable frame (magic 0x184D2A50..5F, little-endian), as
+    # pzstd writes; zstd, GNU tar and pct read such a stream like any other.
+    if len(head) >= 4 and 0x50 <= head[0] <= 0x5F and head[1:4] == b"\x2a\x4d\x18":
+        return "zstd"
     return "none"
 
 

@@ -6,6 +6,7 @@ with code 2; nothing a user can cause prints a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -320,7 +321,12 @@ def check(archive, as_json) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed, remove nothing.")
 @click.pass_context
 def gc(ctx, dry_run) -> None:
-    """Remove store entries that no lockfile in locks/ refers to.
+    """Remove what no project using this store needs.
+
+    Every build registers its lockfile in the store as a GC root; gc keeps everything any
+    live root's lockfile names (this project's and every other project's that builds into the
+    same store), and removes roots whose lockfile is gone. With --dry-run it lists what it
+    would free and why.
 
     \b
     Example:
@@ -333,36 +339,63 @@ def gc(ctx, dry_run) -> None:
         from .definitions import find_project
 
         project_root = find_project()
-    res = collect(_store(ctx), Path(project_root) / "locks", dry_run=dry_run)
+    locks_dir = Path(project_root) / "locks"
+    project_locks = sorted(locks_dir.glob("*.lock")) if locks_dir.is_dir() else []
+    res = collect(_store(ctx), project_locks, dry_run=dry_run, project=str(project_root))
     verb = "would free" if dry_run else "freed"
+    for lock_file in res.live_roots:
+        click.echo(f"root {lock_file}")
+    for lock_file in res.dead_roots:
+        click.echo(f"{'would remove' if dry_run else 'removed'} dead root {lock_file} (the lockfile is gone)")
+    if dry_run:
+        for digest_, layer, kind, size in res.freed_entries:
+            click.echo(f"would free layer entry {digest_[:12]} ({layer}, {kind}, {_human_size(size)}):"
+                       " no live root's lockfile names it")
     click.echo(f"{verb} {_human_size(res.freed)}: {res.layers} layer entries, {res.blobs} blobs,"
-               f" {res.chunks} chunks, {res.artifacts} artifacts; kept {res.kept} layer entries")
+               f" {res.chunks} chunks, {res.artifacts} artifacts; kept {res.kept} layer entries"
+               f" for {len(res.live_roots)} root(s)")
 
 
 @cli.command()
-@click.option("--rebuild", is_flag=True, required=True, help="Rebuild into a temporary store and compare.")
+@click.option("--rebuild", is_flag=True,
+              help="Also build each layer again (reusing only the stored layers below it and the "
+                   "downloaded artifacts) and compare it with the stored one, path by path.")
 @click.argument("layers", nargs=-1)
 @click.pass_context
 def verify(ctx, rebuild, layers) -> None:
-    """Rebuild layers into an empty store and list every path that differs.
+    """Check the store's entries and blobs for the locked template; with --rebuild, prove
+    layers reproducible by building them again. Exit 1 if anything is wrong.
 
     \b
     Example:
+      lxclayer verify
       lxclayer verify --rebuild postgresql
     """
-    from .verify import verify_rebuild
+    from .verify import verify_rebuild, verify_store
 
     project = _project(ctx)
-    diffs = verify_rebuild(project, _store(ctx), list(layers), events=Printer())
+    store = _store(ctx)
     bad = 0
-    for name, lines in diffs.items():
-        if lines:
+    # A rebuild needs no lock (it builds what is missing first); a store check checks the lock's.
+    checked = verify_store(project, store, list(layers)) if not rebuild or project.lock_file.exists() else {}
+    for name, problems in checked.items():
+        if problems:
             bad += 1
-            click.echo(f"{name}: not reproducible")
-            for line in lines:
+            click.echo(f"{name}: damaged")
+            for line in problems:
                 click.echo(f"  {line}")
-        else:
-            click.echo(f"{name}: reproducible")
+        elif not rebuild:
+            click.echo(f"{name}: ok")
+    if rebuild:
+        diffs = verify_rebuild(project, store, list(layers), events=Printer())
+        for name, lines in diffs.items():
+            if lines:
+                bad += 1
+                click.echo(f"{name}: not reproducible")
+                for line in lines:
+                    click.echo(f"  {line}")
+            else:
+                click.echo(f"{name}: reproducible")
     sys.exit(1 if bad else 0)
 
 
@@ -425,6 +458,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         os._exit(0)
+    except OSError as e:
+        # What the machine or the user's files cause (a full disk, a read-only or missing folder,
+        # `dist` being a file, no permission) is one line naming the path, not a traceback.
+        # Anything else keeps its traceback: it is a bug.
+        if e.errno not in _MACHINE_ERRNOS:
+            raise
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+        click.echo(f"lxclayer: error: {where + ': ' if where else ''}{e.strerror or e}", err=True)
+        sys.exit(1)
+
+
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                   errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EIO, errno.EMFILE, errno.ENAMETOOLONG,
+                   errno.ELOOP, errno.EFBIG}
 
 
 if __name__ == "__main__":

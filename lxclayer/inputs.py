@@ -13,7 +13,7 @@ import msgspec
 
 from .definitions import Layer
 from .digest import digest
-from .lock.model import Artifact, LockedLayer
+from .lock.model import EMPTY_DIR, Artifact, LockedLayer
 
 Artifacts = dict[str, dict[str, Artifact]]
 
@@ -50,8 +50,11 @@ def settings_digest(layer: Layer) -> str:
 
 def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: list[str] | None,
             below_names: list[str], old_settings: dict[str, Any] | None = None,
-            new_settings: dict[str, Any] | None = None) -> list[str]:
-    """Why `record` differs from what the lock recorded, in words (empty: it does not)."""
+            new_settings: dict[str, Any] | None = None, *, complete: bool = True) -> list[str]:
+    """Why `record` differs from what the lock recorded, in words (empty: it does not).
+
+    `complete=False`: the record is not whole yet (the outputs below or the pins are not known
+    before something is built), so its digest says nothing and no reason is guessed from it."""
     if locked is None:
         return ["new layer (not in the lock)"]
     why: list[str] = []
@@ -70,9 +73,9 @@ def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: lis
         if old == new:
             continue
         if old is None:
-            why.append(f"file {path} added")
+            why.append(f"{_what(new)} {path} added")
         elif new is None:
-            why.append(f"file {path} removed")
+            why.append(f"{_what(old)} {path} removed")
         else:
             why.append(f"file {path} changed")
     for group in sorted(set(locked.artifacts) | set(record.artifacts)):
@@ -90,17 +93,26 @@ def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: lis
             else:
                 why.append(f"pin {name} {a.version} changed (sha256)")
     for key in sorted(set(locked.resolved) | set(record.resolved)):
-        if locked.resolved.get(key) != record.resolved.get(key):
-            why.append(f"{key} resolves to {record.resolved.get(key)} (was {locked.resolved.get(key)})")
+        old_v, new_v = locked.resolved.get(key), record.resolved.get(key)
+        if old_v == new_v:
+            continue
+        if key.startswith("tool "):  # a host tool's version (see builders.mmdebstrap.HOST_TOOLS)
+            why.append(f"{key} {old_v or 'not recorded'} -> {new_v or 'not used'}")
+        else:
+            why.append(f"{key} resolves to {new_v} (was {old_v})")
     if record.parents is not None and locked_parents is not None:
         for name, old, new in zip(below_names, locked_parents, record.parents, strict=False):
             if old != new:
                 why.append(f"layer below {name} changed")
     if record.parents is not None and not locked.parents:
         why.append("now reads the layers below")
-    if not why and locked.input != record.digest():
+    if not why and complete and locked.input != record.digest():
         why.append("template architecture or SOURCE_DATE_EPOCH changed")
     return why
+
+
+def _what(source: str | None) -> str:
+    return "folder" if source == EMPTY_DIR else "file"
 
 
 def _changed_keys(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:

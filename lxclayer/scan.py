@@ -9,10 +9,12 @@ regular files sharing one blob.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
+from .errors import BuildError
 from .manifest import Entry
 from .store import Store
 
@@ -24,18 +26,27 @@ def kept_xattr(name: str) -> bool:
     return name in KEPT_XATTRS or name.startswith(KEPT_XATTR_PREFIXES)
 
 
+# A file system without xattrs, or a file without the attribute: nothing to keep. Any other
+# error (EIO, EACCES, ENOMEM...) would silently drop a file capability, so it is raised.
+BENIGN_XATTR_ERRNOS = (errno.ENOTSUP, errno.ENODATA)
+
+
 def read_xattrs(path: str) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
+    except OSError as e:
+        if e.errno in BENIGN_XATTR_ERRNOS:
+            return {}
+        raise BuildError(f"cannot list the extended attributes of {path}: {e.strerror}") from None
     out = {}
     for n in sorted(names):
         if kept_xattr(n):
             try:
                 out[n] = os.getxattr(path, n, follow_symlinks=False)
-            except OSError:
-                continue
+            except OSError as e:
+                if e.errno in BENIGN_XATTR_ERRNOS:
+                    continue  # removed between listing and reading
+                raise BuildError(f"cannot read {n} of {path}: {e.strerror}") from None
     return out
 
 

@@ -197,6 +197,14 @@ def test_multi_frame_zstd_archive_passes(tmp_path: Path) -> None:
     assert check_archive(path) == []
 
 
+def test_zstd_archive_starting_with_a_skippable_frame_passes(tmp_path: Path) -> None:
+    # pzstd writes a skippable frame (magic 0x184D2A50) before the data frames.
+    skippable = (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"\0\0\0\0"
+    path = tmp_path / "t.tar.zst"
+    path.write_bytes(skippable + zstandard.ZstdCompressor().compress(tar_bytes(GOOD)))
+    assert check_archive(path) == []
+
+
 # --- unreadable archives -----------------------------------------------------------------------
 
 

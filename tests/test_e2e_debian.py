@@ -66,7 +66,50 @@ SETUP_SH = """\
 set -eu
 useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin lxtest
 echo "made in a chroot" > /etc/lxclayer-e2e
+# What follows the caller's umask, TZ and locale unless the run is hermetic (issue 10 item 2).
+cat > /etc/lxclayer-cat <<EOF
+written by cat at $(date -d @1700000000 +%H:%M) ($(locale | sed -n 's/^LC_ALL=//p'))
+EOF
+mkdir /var/lib/lxclayer-dir
+touch /var/lib/lxclayer-dir/stamp
 """
+CONF = 'kind = "files"\nrequires = ["setup"]\n'
+IMPORTED = 'kind = "import"\npath = "extra.tar"\nsha256 = "{sha}"\n'
+
+
+def _extra_tar() -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("./opt/imported.txt")
+        ti.size, ti.mode, ti.mtime = 9, 0o644, 1600000000
+        tf.addfile(ti, io.BytesIO(b"imported\n"))
+    return buf.getvalue()
+
+
+class HostileCaller:
+    """What a user's shell may have that must not reach a build: umask, TZ, locale, cwd."""
+
+    def __init__(self, umask: int, cwd: Path, **env: str):
+        self.umask, self.cwd, self.env = umask, cwd, env
+
+    def __enter__(self):
+        self.old = (os.umask(self.umask), os.getcwd(), {k: os.environ.get(k) for k in self.env})
+        os.environ.update(self.env)
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        os.chdir(self.cwd)
+
+    def __exit__(self, *exc):
+        umask, cwd, env = self.old
+        os.umask(umask)
+        os.chdir(cwd)
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def write_project(root: Path, layers: dict[str, dict[str, str]], order: list[str]) -> Path:
@@ -125,22 +168,37 @@ class Log:
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Built:
-    """Two cold builds of base + apt + uv + script: normal (resolves, writes the lock) into an
-    empty store A, then --locked into an empty store B."""
+    """Two cold builds of base + apt + uv + script + files + import: normal (resolves, writes the
+    lock) into an empty store A, then --locked into an empty store B; each under a caller that
+    differs in umask (0077, 0002), time zone, locale and working folder. Files the script writes
+    would get mode 0600 under one and 0664 under the other if the umask leaked, so equal outputs
+    show that it does not (the real template's e2e test compares with a lock made under 022)."""
     _guard()
     root = tmp_path_factory.mktemp("deb-e2e")
+    extra = _extra_tar()
     project = write_project(root / "project", {
         "base": {"layer.toml": BASE},
         "tools": {"layer.toml": TOOLS},
         "py": {"layer.toml": PY, "app.in": "six\nmarkupsafe\nattrs\n"},
         "setup": {"layer.toml": SETUP, "setup.sh": SETUP_SH},
-    }, ["base", "tools", "py", "setup"])
+        "conf": {"layer.toml": CONF},
+        "imported": {"layer.toml": IMPORTED.format(sha=hashlib.sha256(extra).hexdigest())},
+    }, ["base", "tools", "py", "setup", "conf", "imported"])
+    (project / "layers/imported/extra.tar").write_bytes(extra)
+    (project / "layers/conf/root/var/lib/lxclayer-empty").mkdir(parents=True)
+    (project / "layers/conf/root/etc").mkdir(parents=True)
+    (project / "layers/conf/root/etc/lxclayer-conf").write_text("conf = 1\n")
+    callers = {
+        "a": HostileCaller(0o077, root / "elsewhere-a", TZ="Pacific/Auckland", LANG="de_DE.UTF-8"),
+        "b": HostileCaller(0o002, root / "elsewhere-b", TZ="America/St_Johns", LC_ALL="C.UTF-8"),
+    }
     out = {}
     for tag, mode in (("a", Mode.NORMAL), ("b", Mode.LOCKED)):
         log = Log()
         t = time.monotonic()
-        res = build(load_project(project), Store(root / f"store-{tag}"), mode=mode, out_dir=root / f"dist-{tag}",
-                    events=log)
+        with callers[tag]:
+            res = build(load_project(project), Store(root / f"store-{tag}"), mode=mode,
+                        out_dir=root / f"dist-{tag}", events=log)
         print(f"\ncold build {tag} ({mode.value}): {time.monotonic() - t:.1f} s; " + "; ".join(
             ln for ln in log.lines if " in " in ln and ":" in ln and ("built" in ln or "cached" in ln)))
         out[tag] = res
@@ -165,6 +223,22 @@ def test_two_cold_builds_give_identical_layers_and_archive_bytes(built):
     assert arch_a.sha256 == arch_b.sha256
     assert arch_a.path.read_bytes() == arch_b.path.read_bytes()
     assert hashlib.sha256(arch_b.path.read_bytes()).hexdigest() == arch_b.sha256
+
+
+def test_hermetic_outputs_under_a_hostile_caller(built):
+    """Every kind built under umask 0077 and 0002, two time zones, locales and folders: the same
+    outputs, and what the script wrote has the modes and text of a umask-022, UTC, C run."""
+    kinds = {p.name: p.kind for p in built.res_a.layers}
+    assert set(kinds.values()) == {"mmdebstrap", "apt", "uv", "script", "files", "import"}
+    assert {p.name: p.output for p in built.res_a.layers} == {p.name: p.output for p in built.res_b.layers}
+    tree = {e.path: e for e in merge((_entry(built.store_b, n)[1].entries for n in kinds), mtime=SDE)}
+    assert tree["etc/lxclayer-cat"].mode == 0o644
+    assert tree["var/lib/lxclayer-dir"].mode == 0o755
+    assert tree["var/lib/lxclayer-dir/stamp"].mode == 0o644
+    assert tree["var/lib/lxclayer-empty"].type == "dir"
+    assert tree["opt/imported.txt"].mode == 0o644
+    st, _ = _entry(built.store_b, "setup")
+    assert st.read_blob(tree["etc/lxclayer-cat"].hash) == b"written by cat at 22:13 (C.UTF-8)\n"
 
 
 def test_the_lock_pins_every_installed_package_and_wheel(built):
@@ -225,7 +299,7 @@ def test_a_warm_rebuild_needs_no_network(built):
         if st.lookup(d).meta.layer in ("tools", "py", "setup"):
             st.remove_entry(d)
     res = build(load_project(built.project), st, mode=Mode.LOCKED, offline=True, out_dir=built.dist_b)
-    assert [p.state for p in res.layers] == ["cached", "built", "built", "built"]
+    assert [p.state for p in res.layers] == ["cached", "built", "built", "built", "cached", "cached"]
     assert res.archives[0].sha256 == built.res_a.archives[0].sha256
     assert mounts_under(built.store_b) == []
 

@@ -41,7 +41,11 @@ def template_archive(tmp_path_factory) -> Path:
     require_root()
     require_tools("mmdebstrap", "tar")
     out = tmp_path_factory.mktemp("dist")
-    r = run_cli("--project", str(REPO), "build", "--locked", "--out", str(out), "--json", timeout=3600)
+    # As a user's shell might be (issue 10): another umask, time zone and locale, and another
+    # working folder. The lock was made under umask 022 and UTC; the build must reproduce it.
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    r = run_cli("--project", str(REPO), "build", "--locked", "--out", str(out), "--json", timeout=3600,
+                cwd=elsewhere, umask=0o002, env={"TZ": "Pacific/Auckland", "LC_ALL": "C.UTF-8"})
     assert r.returncode == 0, r.stderr[-5000:]
     report = json.loads(r.stdout)
     archive = Path(report["archives"][0]["path"])

@@ -307,3 +307,25 @@ def test_git_uses_the_driver(tmp_path: Path) -> None:
     out = r.stdout
     assert "postgresql: postgresql-15 15.13-0+deb12u1 → 15.14~rc1|x" in out
 
+
+
+def test_host_tool_versions_and_empty_folders_are_shown():
+    import msgspec
+
+    old, new = base(), base()
+    old.layers["base-os"] = msgspec.structs.replace(old.layers["base-os"], resolved={"tool mmdebstrap": "1.3.5-7"})
+    new.layers["base-os"] = msgspec.structs.replace(new.layers["base-os"], resolved={"tool mmdebstrap": "1.4.0-1"})
+    new.layers["redis-config"].sources["root/var/empty"] = "dir"
+    lines = text(old, new)
+    assert "base-os: tool mmdebstrap 1.3.5-7 → 1.4.0-1" in lines
+    assert "redis-config: + folder root/var/empty" in lines
+
+
+def test_plan_and_locked_name_a_changed_host_tool():
+    from lxclayer.inputs import InputRecord, explain
+
+    locked = LockedLayer(kind="mmdebstrap", builder="mmdebstrap/1", settings="c", input="i", output="o",
+                         resolved={"tool mmdebstrap": "1.3.5-7", "tool apt": "2.6.1"})
+    rec = InputRecord(kind="mmdebstrap", builder="mmdebstrap/1", settings="c", arch="amd64", source_date_epoch=1,
+                      resolved={"tool mmdebstrap": "1.4.0-1", "tool apt": "2.6.1"})
+    assert explain(rec, locked, None, []) == ["tool mmdebstrap 1.3.5-7 -> 1.4.0-1"]

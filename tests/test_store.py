@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,3 +144,62 @@ def test_gc_removes_what_no_lock_names(project_dir, store_dir):
     # what the lock needs is all still there: a locked build needs no rebuild
     res = do_build(project_dir, store_dir, mode=Mode.LOCKED)
     assert [p.state for p in res.layers] == ["cached"] * 3
+
+
+def test_gc_keeps_what_another_project_on_the_store_pins(tmp_path):
+    # Project B builds into the store, then A changes a layer and collects: B's entries stay,
+    # and B's locked offline build still needs nothing.
+    a = write_project(tmp_path / "a")
+    b = write_project(tmp_path / "b")
+    (b / "layers" / "config" / "root" / "etc" / "motd").write_text("project b\n")
+    store = tmp_path / "store"
+    do_build(b, store)
+    do_build(a, store)
+    (a / "layers" / "config" / "root" / "etc" / "motd").write_text("a, edited\n")
+    do_build(a, store)
+    r = run_cli("--project", str(a), "--store", str(store), "gc")
+    assert r.returncode == 0, r.stderr
+    assert f"root {b / 'locks' / 'test-tpl.lock'}" in r.stdout
+    assert "1 layer entries" in r.stdout  # a's old config layer only
+    res = do_build(b, store, mode=Mode.LOCKED, offline=True)
+    assert [p.state for p in res.layers] == ["cached"] * 3
+
+
+def test_gc_removes_dead_roots_and_what_only_they_pinned(tmp_path):
+    a = write_project(tmp_path / "a")
+    b = write_project(tmp_path / "b")
+    (b / "layers" / "config" / "root" / "etc" / "motd").write_text("project b\n")
+    store = tmp_path / "store"
+    do_build(a, store)
+    do_build(b, store)
+    shutil.rmtree(b)  # the checkout is gone: its root is dead
+    dry = run_cli("--project", str(a), "--store", str(store), "gc", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove dead root {b / 'locks' / 'test-tpl.lock'}" in dry.stdout
+    assert "would free layer entry" in dry.stdout and "(config, files," in dry.stdout
+    assert len(list((store / "layers").iterdir())) == 4  # a dry run removes nothing
+    r = run_cli("--project", str(a), "--store", str(store), "gc")
+    assert r.returncode == 0, r.stderr
+    assert len(list((store / "layers").iterdir())) == 3
+    assert len(list((store / "roots").iterdir())) == 1
+
+
+def test_gc_refuses_a_project_without_a_lockfile(tmp_path, project_dir, store_dir):
+    do_build(project_dir, store_dir)
+    r = run_cli("--project", str(tmp_path / "typo"), "--store", str(store_dir), "gc")
+    assert r.returncode == 2, r.stdout
+    assert "has no lockfile" in r.stderr and "Traceback" not in r.stderr
+    assert len(list((store_dir / "layers").iterdir())) == 3  # nothing was freed
+
+
+def test_gc_refuses_when_a_roots_lockfile_is_unreadable(tmp_path):
+    a = write_project(tmp_path / "a")
+    b = write_project(tmp_path / "b")
+    store = tmp_path / "store"
+    do_build(a, store)
+    do_build(b, store)
+    (b / "locks" / "test-tpl.lock").write_text("lock_version = \n")
+    r = run_cli("--project", str(a), "--store", str(store), "gc")
+    assert r.returncode == 2
+    assert str(b / "locks" / "test-tpl.lock") in r.stderr and "Traceback" not in r.stderr
+    assert len(list((store / "layers").iterdir())) == 3

@@ -22,12 +22,12 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path, PurePosixPath
 
 import msgspec
 
+from .. import hermetic
 from ..debian.apt import (
     PKG_NAME_RE,
     apt_failure,
@@ -99,7 +99,7 @@ def gpg_fingerprints(data: bytes) -> list[str]:
     """Fingerprints of the primary keys in an OpenPGP key file (needs gpg)."""
     with tempfile.TemporaryDirectory(prefix="lxclayer-gpg-") as home:
         try:
-            p = subprocess.run(
+            p = hermetic.run(
                 ["gpg", "--homedir", home, "--batch", "--no-tty", "--with-colons", "--show-keys", "--fixed-list-mode"],
                 input=data, capture_output=True,
             )

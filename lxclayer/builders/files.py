@@ -6,18 +6,19 @@ layer is a pure function of its folder and definition, and is shared by every st
 
 import re
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import msgspec
 
 from ..definitions import Layer, LayerSpec, container_path, parse_mode, rel
 from ..errors import BuildError, DefinitionError
 from ..manifest import Entry, sorted_entries
-from ..sources import read_source, scan_sources
+from ..sources import ignored_under, read_source, scan_sources, shown_name
 from .base import Context, Result
 
 KIND = "files"
 VERSION = 1
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")  # a user or group name (as useradd takes it)
 READS_BELOW = False
 
 
@@ -58,6 +59,12 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
+def is_id(value: str) -> bool:
+    """Whether an owner or group written as a string is a number (ASCII digits only: "²" is
+    a digit to Python but no id)."""
+    return value.isascii() and value.isdigit()
+
+
 def validate(layer: Layer, shown: str) -> None:
     s: Settings = layer.spec  # type: ignore[assignment]
     rootdir = _root_dir(layer, shown)
@@ -65,14 +72,30 @@ def validate(layer: Layer, shown: str) -> None:
         raise DefinitionError(
             f"folder {s.root!r} does not exist beside layer.toml", file=shown, key="root"
         )
+    if rootdir is not None:
+        # Everything under root/ is shipped; what sources leave out (caches, editor backups)
+        # would be missing from the archive without a word, so it is refused.
+        bad = ignored_under(rootdir)
+        if bad is not None:
+            raise DefinitionError(
+                f"{shown_name(bad.relative_to(layer.dir))} would not be shipped (.git, __pycache__, *.pyc "
+                "and *~ are never layer sources); remove it or move it out of the folder",
+                file=shown, key="root",
+            )
     for i, r in enumerate(s.modes):
         container_path(r.path, file=shown, key=f"modes[{i}].path")
         if r.mode is not None:
             parse_mode(r.mode, file=shown, key=f"modes[{i}].mode")
         for attr in ("owner", "group"):
             v = getattr(r, attr)
+            key = f"modes[{i}].{attr}"
+            if isinstance(v, str) and is_id(v):
+                v = int(v)
             if isinstance(v, int) and not 0 <= v <= 65535:
-                raise DefinitionError("ids must be within 0..65535", file=shown, key=f"modes[{i}].{attr}")
+                raise DefinitionError("ids must be within 0..65535", file=shown, key=key)
+            if isinstance(v, str) and not NAME_RE.match(v):
+                raise DefinitionError(f"{v!r} is neither an id (0..65535) nor a user or group name",
+                                      file=shown, key=key)
     for i, d in enumerate(s.delete):
         container_path(d, file=shown, key=f"delete[{i}]")
     for link, target in s.symlinks.items():
@@ -91,9 +114,15 @@ def _root_dir(layer: Layer, shown: str) -> Path | None:
     return d
 
 
+def _root_prefix(s: Settings) -> str:
+    """The root folder as a prefix of source paths: "./root/" and "root" are both "root/"."""
+    parts = PurePosixPath(s.root).parts
+    return "/".join(parts) + "/" if parts else ""
+
+
 def _names(s: Settings) -> tuple[set[str], set[str]]:
-    users = {r.owner for r in s.modes if isinstance(r.owner, str) and not r.owner.isdigit()}
-    groups = {r.group for r in s.modes if isinstance(r.group, str) and not r.group.isdigit()}
+    users = {r.owner for r in s.modes if isinstance(r.owner, str) and not is_id(r.owner)}
+    groups = {r.group for r in s.modes if isinstance(r.group, str) and not is_id(r.group)}
     return users, groups  # type: ignore[return-value]
 
 
@@ -112,7 +141,7 @@ def resolved_inputs(ctx: Context) -> dict[str, str]:
         if e is not None and e.type == "file":
             for line in ctx.store.read_blob(e.hash).decode("utf-8", "replace").splitlines():
                 fields = line.split(":")
-                if len(fields) >= 3 and fields[2].isdigit():
+                if len(fields) >= 3 and is_id(fields[2]):
                     ids[fields[0]] = fields[2]
         for name in sorted(names):
             if name not in ids:
@@ -129,7 +158,7 @@ def _id(value: str | int | None, kind: str, resolved: dict[str, str]) -> int | N
         return None
     if isinstance(value, int):
         return value
-    if value.isdigit():
+    if is_id(value):
         return int(value)
     return int(resolved[f"{kind}:{value}"])
 
@@ -173,13 +202,17 @@ def realise(ctx: Context) -> Result:
 
     rootdir = _root_dir(layer, shown)
     if rootdir is not None:
-        prefix = s.root.strip("/") + "/"
+        # Exactly what the input digest covers (the layer folder's sources), nothing else.
+        prefix = _root_prefix(s)
         sources = scan_sources(layer.dir, ctx.project.root)
         for relpath, src in sources.items():
             if not relpath.startswith(prefix):
                 continue
             path = relpath[len(prefix):]
-            if src.target:
+            if src.dir:
+                mode, uid, gid, matched = attrs(path, 0o755)
+                e = Entry(path=path, type="dir", mode=mode, uid=uid, gid=gid, mtime=mtime, implicit=not matched)
+            elif src.target:
                 e = Entry(path=path, type="symlink", mode=0o777, mtime=mtime, target=src.target)
             else:
                 data = read_source(layer.dir / relpath)
@@ -189,14 +222,6 @@ def realise(ctx: Context) -> Result:
                           size=len(data), hash=h)
             entries[path] = e
             add_parents(path)
-        # Empty folders in the tree are kept as folders.
-        for d in sorted(p for p in rootdir.rglob("*") if p.is_dir() and not p.is_symlink()):
-            path = d.relative_to(rootdir).as_posix()
-            if path not in entries:
-                mode, uid, gid, matched = attrs(path, 0o755)
-                entries[path] = Entry(path=path, type="dir", mode=mode, uid=uid, gid=gid,
-                                      mtime=mtime, implicit=not matched)
-                add_parents(path)
     for link, target in s.symlinks.items():
         path = container_path(link, file=shown, key=f"symlinks.{link}")
         entries[path] = Entry(path=path, type="symlink", mode=0o777, mtime=mtime, target=target)

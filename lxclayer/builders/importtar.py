@@ -5,13 +5,18 @@ The tarball is read, never extracted, so no root is needed: each member becomes 
 entry and each file's bytes a blob. Downloads are kept in the store under their sha256.
 """
 
+import bz2
+import gzip
+import lzma
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import zstandard
 
 from ..definitions import Layer, LayerSpec, rel
-from ..errors import BuildError, DefinitionError
+from ..errors import BuildError, DefinitionError, UserError
 from ..lock.model import Artifact
 from ..manifest import Entry, sorted_entries
 from ..scan import kept_xattr
@@ -55,12 +60,43 @@ def resolve(ctx: Context) -> dict[str, dict[str, Artifact]]:
     return {"tarballs": {_name(s): Artifact(name=_name(s), sha256=s.sha256, source=s.url or s.path or "")}}
 
 
-def fetch(ctx: Context) -> Path:
-    import urllib.error  # imported here: start-up stays light
+def _where(ctx: Context) -> tuple[str, str]:
+    """The layer file and the key naming the tarball a user must fix."""
+    s: Settings = ctx.layer.spec  # type: ignore[assignment]
+    return rel(ctx.layer.file, ctx.project.root), "path" if s.path is not None else "url"
+
+
+def _download(url: str, part: Path) -> None:
+    """Fetch `url` into `part`; a failure says what failed (HTTP status, connection, short read)."""
+    import http.client  # imported here: start-up stays light
+    import urllib.error
     import urllib.request
 
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as fout:  # noqa: S310
+            want = r.headers.get("Content-Length")
+            got = 0
+            while block := r.read(1 << 20):
+                fout.write(block)
+                got += len(block)
+            if want is not None and want.isdigit() and got != int(want):
+                raise BuildError(f"download of {url} ended after {got} of {want} bytes")
+    except urllib.error.HTTPError as e:
+        raise BuildError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise BuildError(f"cannot download {url}: {e.reason}") from None
+    except http.client.HTTPException as e:
+        raise BuildError(f"cannot download {url}: the connection broke off ({type(e).__name__})") from None
+    except TimeoutError:
+        raise BuildError(f"cannot download {url}: no answer within 60 s") from None
+    except OSError as e:
+        raise BuildError(f"cannot download {url}: {e.strerror or e}") from None
+
+
+def fetch(ctx: Context) -> Path:
     s: Settings = ctx.layer.spec  # type: ignore[assignment]
     name = _name(s)
+    shown, key = _where(ctx)
     have = ctx.store.artifact(s.sha256, name=name)
     if have is not None:
         return have
@@ -73,85 +109,132 @@ def fetch(ctx: Context) -> Path:
     else:
         if ctx.offline:
             raise BuildError(f"{name} (sha256 {s.sha256}) is not in the store and --offline is set",
-                             file=rel(ctx.layer.file, ctx.project.root), key="url")
+                             file=shown, key=key)
         ctx.log(f"downloading {s.url}")
         try:
-            with urllib.request.urlopen(s.url, timeout=60) as r, open(part, "wb") as fout:
-                while block := r.read(1 << 20):
-                    fout.write(block)
-        except (urllib.error.URLError, OSError) as e:
-            raise BuildError(f"cannot download {s.url}: {getattr(e, 'reason', e)}",
-                             file=rel(ctx.layer.file, ctx.project.root), key="url") from None
+            _download(s.url, part)  # type: ignore[arg-type]
+        except BuildError as e:
+            raise BuildError(e.reason, file=shown, key=key) from None
     try:
         return ctx.store.put_artifact_file(part, s.sha256, name=name)
-    except Exception as e:  # sha mismatch is a user error with the file named
-        raise BuildError(str(e), file=rel(ctx.layer.file, ctx.project.root), key="sha256") from None
+    except UserError as e:  # the bytes are not the pinned ones: the user fixes sha256 or the file
+        raise BuildError(e.reason, file=shown, key="sha256") from None
 
 
-def open_tar(path: Path) -> tarfile.TarFile:
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"))
+
+
+def _decompressed(path: Path) -> BinaryIO:
+    """The tarball's bytes, decompressed by a reader that checks the format's own checksums
+    (gzip CRC and length, xz check, zstd frame checksum) when read to the end."""
     with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"\x28\xb5\x2f\xfd":
-        stream = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
-        return tarfile.open(fileobj=stream, mode="r|")
-    return tarfile.open(path, mode="r|*")
+        magic = f.read(6)
+    kind = next((k for m, k in _MAGIC if magic.startswith(m)), None)
+    if kind == "gzip":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if kind == "xz":
+        return lzma.open(path, "rb")  # type: ignore[return-value]
+    if kind == "bzip2":
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    if kind == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True,  # noqa: SIM115
+                                                           closefd=True)
+    return open(path, "rb")  # noqa: SIM115
+
+
+# What reading a damaged, truncated or foreign tarball raises.
+_UNREADABLE = (tarfile.TarError, zstandard.ZstdError, EOFError, OSError, lzma.LZMAError, zlib.error, ValueError)
 
 
 def member_path(name: str) -> str | None:
     parts = [p for p in PurePosixPath(name).parts if p not in ("/", ".")]
     if any(p == ".." for p in parts):
-        raise BuildError(f"archive member {name!r} leaves the root ('..')")
+        raise BuildError(f"archive member '{_shown(name)}' leaves the root ('..')")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BuildError(f"archive member '{_shown(name)}': the name is not UTF-8") from None
     return "/".join(parts) or None
 
 
-def read_tarball(path: Path, ctx: Context) -> list[Entry]:
+def _shown(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def read_tarball(path: Path, ctx: Context, name: str = "") -> list[Entry]:
+    """The tarball's members as entries. Any failure names the layer file, its key (path or
+    url) and the tarball, never only its sha256."""
+    shown, key = _where(ctx)
+    name = name or path.name
+    try:
+        return _read(path, ctx)
+    except BuildError as e:
+        raise BuildError(f"{name}: {e.reason}", file=shown, key=key) from None
+    except _UNREADABLE as e:
+        raise BuildError(f"{name} is not a readable tar archive ({_reason(e)})", file=shown, key=key) from None
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, EOFError):
+        return f"it ends too early: {text}"
+    return text
+
+
+def _read(path: Path, ctx: Context) -> list[Entry]:
     clamp = ctx.source_date_epoch
     entries: dict[str, Entry] = {}
     files: dict[str, tuple[str, int]] = {}
-    try:
-        tf = open_tar(path)
-    except (tarfile.TarError, zstandard.ZstdError, OSError) as e:
-        raise BuildError(f"cannot read {path.name}: {e}") from None
-    with tf:
-        try:
-            for m in tf:
-                p = member_path(m.name)
-                if p is None:
-                    continue
-                xattrs = {
-                    k[len("SCHILY.xattr."):]: v.encode("utf-8", "surrogateescape")
-                    for k, v in sorted(m.pax_headers.items())
-                    if k.startswith("SCHILY.xattr.") and kept_xattr(k[len("SCHILY.xattr."):])
-                }
-                common = dict(path=p, mode=m.mode & 0o7777, uid=m.uid, gid=m.gid,
-                              mtime=min(int(m.mtime), clamp))
-                if m.isreg():
-                    fobj = tf.extractfile(m)
-                    assert fobj is not None
-                    h = ctx.store.put_blob(fobj.read())
-                    files[p] = (h, m.size)
-                    e = Entry(type="file", size=m.size, hash=h, xattrs=xattrs, **common)
-                elif m.islnk():
-                    target = member_path(m.linkname)
-                    if target not in files:
-                        raise BuildError(f"hard link {m.name!r} to {m.linkname!r}, which comes later or is no file")
-                    h, size = files[target]
-                    e = Entry(type="file", size=size, hash=h, xattrs=xattrs, **common)
-                elif m.isdir():
-                    e = Entry(type="dir", xattrs=xattrs, **common)
-                elif m.issym():
-                    common["mode"] = 0o777
-                    e = Entry(type="symlink", target=m.linkname, **common)
-                elif m.ischr() or m.isblk():
-                    e = Entry(type="char" if m.ischr() else "block", major=m.devmajor,
-                              minor=m.devminor, **common)
-                elif m.isfifo():
-                    e = Entry(type="fifo", **common)
-                else:
-                    continue
-                entries[p] = e
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
-            raise BuildError(f"{path.name} is not a readable tar archive: {e}") from None
+    stream = _decompressed(path)
+    with stream, tarfile.open(fileobj=stream, mode="r|") as tf:
+        members = 0
+        for m in tf:
+            members += 1
+            p = member_path(m.name)
+            if p is None:
+                continue
+            xattrs = {
+                k[len("SCHILY.xattr."):]: v.encode("utf-8", "surrogateescape")
+                for k, v in sorted(m.pax_headers.items())
+                if k.startswith("SCHILY.xattr.") and kept_xattr(k[len("SCHILY.xattr."):])
+            }
+            common = dict(path=p, mode=m.mode & 0o7777, uid=m.uid, gid=m.gid,
+                          mtime=min(int(m.mtime), clamp))
+            if m.isreg():
+                fobj = tf.extractfile(m)
+                assert fobj is not None
+                data = fobj.read()
+                if len(data) != m.size:
+                    raise EOFError(f"member '{_shown(m.name)}' is cut short")
+                h = ctx.store.put_blob(data)
+                files[p] = (h, m.size)
+                e = Entry(type="file", size=m.size, hash=h, xattrs=xattrs, **common)
+            elif m.islnk():
+                target = member_path(m.linkname)
+                if target not in files:
+                    raise BuildError(f"hard link '{_shown(m.name)}' to '{_shown(m.linkname)}', "
+                                     "which comes later or is no file")
+                h, size = files[target]
+                e = Entry(type="file", size=size, hash=h, xattrs=xattrs, **common)
+            elif m.isdir():
+                e = Entry(type="dir", xattrs=xattrs, **common)
+            elif m.issym():
+                member_path(m.linkname)  # a name that is not UTF-8 is refused (".." is allowed here)
+                common["mode"] = 0o777
+                e = Entry(type="symlink", target=m.linkname, **common)
+            elif m.ischr() or m.isblk():
+                e = Entry(type="char" if m.ischr() else "block", major=m.devmajor,
+                          minor=m.devminor, **common)
+            elif m.isfifo():
+                e = Entry(type="fifo", **common)
+            else:
+                continue
+            entries[p] = e
+        if members == 0:
+            raise BuildError("holds no files (an empty or foreign file?)")
+        # Read to the end: the compressors check their CRC / checksum only there.
+        while stream.read(1 << 20):
+            pass
     return sorted_entries(entries.values())
 
 
@@ -160,7 +243,7 @@ def realise(ctx: Context) -> Result:
     s: Settings = ctx.layer.spec  # type: ignore[assignment]
     name = _name(s)
     ctx.log(f"reading {name}")
-    entries = read_tarball(path, ctx)
+    entries = read_tarball(path, ctx, name)
     return Result(entries=entries, artifacts=resolve(ctx))
 
 

@@ -18,10 +18,12 @@ import re
 import shlex
 import shutil
 import time
+from functools import cache
 from pathlib import Path
 
 import msgspec
 
+from .. import hermetic
 from ..debian.apt import (
     KEYRING,
     PKG_NAME_RE,
@@ -158,6 +160,34 @@ def resolve(ctx: Context) -> Artifacts:
     return {"packages": pinned}
 
 
+# Host programs whose version shapes the bytes of the tree: mmdebstrap itself, and the host's
+# apt (it downloads and orders the installation) and dpkg (dpkg-deb unpacks the Essential set).
+HOST_TOOLS = ("mmdebstrap", "dpkg", "apt")
+
+
+@cache
+def host_tool_versions() -> dict[str, str]:
+    """Debian package version of each of HOST_TOOLS on this host ("not installed" if absent)."""
+    out = {t: "not installed" for t in HOST_TOOLS}
+    try:
+        p = hermetic.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}\t${Package}\t${Version}\n", *HOST_TOOLS],
+                         capture_output=True, text=True)
+    except FileNotFoundError:
+        return out
+    for line in p.stdout.splitlines():
+        abbrev, _, rest = line.partition("\t")
+        name, _, version = rest.partition("\t")
+        if abbrev.startswith("ii") and name in out:
+            out[name] = version
+    return out
+
+
+def resolved_inputs(ctx: Context) -> dict[str, str]:
+    """The versions of the host tools that build the tree: part of the input digest and the
+    lock, so a host with another mmdebstrap, apt or dpkg builds (and names) another input."""
+    return {f"tool {name}": version for name, version in host_tool_versions().items()}
+
+
 def _bases(s: Settings) -> list[str]:
     return [src.uri.rstrip("/") for src in sources(s)]
 
@@ -206,11 +236,7 @@ def realise(ctx: Context) -> Result:
     # "important" in its .deb), so the variant alone would not select the same set.
     argv.append("--include=" + ",".join(sorted(pinned)))
     argv += [s.suite, str(target), f"deb [trusted=yes] file://{inside} ./"]
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LC_ALL": "C.UTF-8", "SOURCE_DATE_EPOCH": str(sde), "HOME": "/root", "TMPDIR": "/tmp",
-        "PYTHONHASHSEED": "0",
-    }
+    env = {"SOURCE_DATE_EPOCH": str(sde)}  # added to lxclayer.hermetic's fixed environment
     t = time.monotonic()
     ctx.log(f"mmdebstrap {s.variant} {s.suite}: {len(pinned)} pinned packages")
     try:

@@ -18,15 +18,14 @@ hashes (`compileall --invalidation-mode checked-hash`): a .pyc then names its so
 not by mtime, so it is the same in every build and stays valid when the archive clamps mtimes.
 """
 
-import os
 import re
 import shlex
-import subprocess
 import time
 from pathlib import Path, PurePosixPath
 
 import msgspec
 
+from .. import hermetic
 from ..debian.chroot import Bind, Chroot
 from ..debian.fetch import fetch_all, link_or_copy
 from ..debian.layer import (
@@ -186,10 +185,9 @@ def _uv_program(ctx: Context, pin: Artifact) -> Path:
 
 
 def _uv_env(ctx: Context) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV", "PYTHON"))}
-    env.update(UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never", UV_CACHE_DIR=str(ctx.workdir / "uv-cache"),
-               SOURCE_DATE_EPOCH=str(ctx.source_date_epoch), LC_ALL="C.UTF-8")
-    return env
+    # Added to lxclayer.hermetic's fixed environment (nothing of the caller's but its proxy).
+    return {"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "UV_CACHE_DIR": str(ctx.workdir / "uv-cache"),
+            "SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)}
 
 
 # --- resolution ----------------------------------------------------------------------------
@@ -207,11 +205,11 @@ def resolve(ctx: Context) -> Artifacts:
     index_cache: dict[str, list[dict]] = {}
     for name, v in sorted(s.venvs.items()):
         t = time.monotonic()
-        argv = [str(uv), "pip", "compile", v.requirements, "--generate-hashes", "--only-binary", ":all:",
+        argv = [str(uv), "pip", "compile", str(ctx.layer.dir.resolve() / v.requirements), "--generate-hashes", "--only-binary", ":all:",
                 "--python-version", tgt.python_version, "--python-platform", tgt.uv_platform,
                 "--index-url", s.index_url, "--no-header", "--no-annotate", "--quiet"]
         ctx.log("$ " + shlex.join(argv))
-        p = subprocess.run(argv, cwd=ctx.layer.dir, env=_uv_env(ctx), capture_output=True, text=True)
+        p = hermetic.run(argv, env=_uv_env(ctx), proxies=True, capture_output=True, text=True)
         if p.returncode != 0:
             raise BuildError(f"cannot resolve {v.requirements}: {_uv_reason(p.stderr)}", file=shown(ctx),
                              key=f"venvs.{name}.requirements")

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import hermetic
 from ..errors import BuildError
 from ..lock.model import Artifact
 
@@ -276,15 +277,14 @@ Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled "false";
         self.conf.write_text(conf)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("APT_", "DEBIAN_"))}
-        env.update(APT_CONFIG=str(self.conf), LC_ALL="C.UTF-8", DEBIAN_FRONTEND="noninteractive")
-        return env
+        # Added to lxclayer.hermetic's fixed environment; resolving needs the caller's proxy.
+        return {"APT_CONFIG": str(self.conf), "DEBIAN_FRONTEND": "noninteractive"}
 
     def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         argv = ["apt-get", *args]
         self.log("$ " + shlex.join(argv))
         try:
-            return subprocess.run(argv, env=self.env(), capture_output=True, text=True, check=check)
+            return hermetic.run(argv, env=self.env(), proxies=True, capture_output=True, text=True, check=check)
         except FileNotFoundError:
             raise BuildError("apt-get is not installed on this host (lxclayer runs on Debian)") from None
 
@@ -297,7 +297,7 @@ Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled "false";
 
     def index_files(self) -> list[tuple[str, str]]:
         """(release, file) of every downloaded Packages index."""
-        p = subprocess.run(
+        p = hermetic.run(
             ["apt-get", "indextargets", "--format", "$(RELEASE)\t$(FILENAME)", "Created-By: Packages"],
             env=self.env(), capture_output=True, text=True, check=True,
         )
@@ -311,7 +311,7 @@ Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled "false";
     def index(self) -> Index:
         idx = Index()
         for release, filename in self.index_files():
-            text = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", filename], env=self.env(),
+            text = hermetic.run(["/usr/lib/apt/apt-helper", "cat-file", filename], env=self.env(),
                                   capture_output=True, check=True).stdout.decode("utf-8", "replace")
             idx.add(release, text, self.arch)
         return idx

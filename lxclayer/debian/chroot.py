@@ -16,7 +16,6 @@ afterwards: a ``policy-rc.d`` that forbids starting services, and the host's res
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shlex
 import signal
@@ -27,20 +26,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import hermetic
 from ..errors import BuildError
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLICY_RC_D = b"#!/bin/sh\n# lxclayer: no service is started while a layer is built\nexit 101\n"
-PR_SET_PDEATHSIG = 1
 OVERLAY_UNAVAILABLE = "lxclayer: overlayfs is not available here"
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except Exception:  # noqa: BLE001 - best effort; the namespaces still clean up
-        pass
 
 
 def _unescape(s: str) -> str:
@@ -63,8 +53,8 @@ def sweep(path: Path | str, log: Callable[[str], None] = lambda m: None) -> None
     """Unmount whatever is mounted at or below `path` (deepest first); lazy if busy."""
     for mp in sorted(set(mounts_under(path)), key=len, reverse=True):
         log(f"unmounting leftover {mp}")
-        if subprocess.run(["umount", mp], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", mp], capture_output=True)
+        if hermetic.run(["umount", mp], capture_output=True).returncode != 0:
+            hermetic.run(["umount", "-l", mp], capture_output=True)
     left = mounts_under(path)
     if left:
         raise BuildError(f"cannot unmount {left[0]}")
@@ -115,7 +105,10 @@ def run_isolated(
     stdin: bytes | None = None,
     keep: int = 400,
 ) -> Output:
-    """Run `setup` (shell) and then exec `argv`, in fresh mount and pid namespaces."""
+    """Run `setup` (shell) and then exec `argv`, in fresh mount, pid and UTS namespaces (and a
+    network namespace of its own unless `network`), with the process state of
+    :mod:`lxclayer.hermetic`: `env` is added to its fixed environment, and the caller's proxy
+    variables are passed only when `network` is on."""
     # A private UTS namespace too: maintainer scripts that read the host name (for /etc/mailname,
     # certificates...) see "localhost", not the build machine's name.
     script = "set -e\nhostname localhost\n" + setup + "\nexec " + shlex.join(argv) + "\n"
@@ -128,9 +121,9 @@ def run_isolated(
     tail: deque[str] = deque(maxlen=keep)
     logf = open(log_file, "ab") if log_file else None  # noqa: SIM115
     try:
-        proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        proc = hermetic.popen(
+            cmd, env=env, proxies=network, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
     except FileNotFoundError:
         if logf:
@@ -248,6 +241,7 @@ class Chroot:
             data = b""
         (self.root / "etc").mkdir(exist_ok=True)
         (self.root / "etc/resolv.conf").write_bytes(data)
+        os.chmod(self.root / "etc/resolv.conf", 0o644)  # apt's _apt user reads it
         for b in self.binds:
             mp = self.root / b.inside.lstrip("/")
             if not mp.exists():
@@ -290,14 +284,7 @@ class Chroot:
     # --- running ----------------------------------------------------------------------------
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {
-            "PATH": PATH, "HOME": "/root", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "TERM": "dumb",
-            "DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true",
-            "TZ": "UTC", "SHELL": "/bin/sh",
-            # Byte-code written by maintainer scripts (py3compile) and by us marshals frozensets
-            # in hash order: a fixed seed makes it the same in every build.
-            "PYTHONHASHSEED": "0",
-        }
+        env = hermetic.environment({"DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true"})
         if self.source_date_epoch is not None:
             env["SOURCE_DATE_EPOCH"] = str(self.source_date_epoch)
         env.update(extra or {})

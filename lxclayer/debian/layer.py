@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
+from .. import hermetic
 from ..builders.base import Context
 from ..definitions import rel
 from ..errors import BuildError
@@ -70,7 +70,7 @@ def installed(root: Path) -> dict[str, tuple[str, str]]:
     """name -> (version, arch) of the packages dpkg says are installed in `root`."""
     admindir = root / "var/lib/dpkg"
     try:
-        p = subprocess.run(
+        p = hermetic.run(
             ["dpkg-query", f"--admindir={admindir}", "-W",
              "-f=${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"],
             capture_output=True, text=True,

@@ -20,7 +20,7 @@ import msgspec
 
 from ..errors import LockError
 from . import toml
-from .model import Artifact, LockedLayer, Lockfile
+from .model import EMPTY_DIR, Artifact, LockedLayer, Lockfile
 
 KINDS = ("template", "archive", "layer", "artifact", "source", "resolved", "digest")
 SHORT = 12
@@ -156,6 +156,10 @@ def _layer(name: str, a: LockedLayer | None, b: LockedLayer | None) -> list[Chan
     return out
 
 
+def _source_kind(value: str | None) -> str:
+    return "folder" if value == EMPTY_DIR else "file"
+
+
 def _count(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n == 1 else "s")
 
@@ -254,9 +258,9 @@ def body(c: Change) -> str:
         return f"{c.name} {arrow}" + (f" ({c.detail})" if c.detail else "")
     if c.kind == "source":
         if c.old is None:
-            return f"+ file {c.name}"
+            return f"+ {_source_kind(c.new)} {c.name}"
         if c.new is None:
-            return f"- file {c.name}"
+            return f"- {_source_kind(c.old)} {c.name}"
         return f"file {c.name} changed" + (f" ({c.detail})" if c.detail else "")
     if c.kind == "resolved":
         if c.old is None:

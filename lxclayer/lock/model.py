@@ -3,6 +3,7 @@
 import msgspec
 
 LOCK_VERSION = 1
+EMPTY_DIR = "dir"  # the value of an empty folder in a layer's `sources`
 
 
 class Artifact(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -23,7 +24,8 @@ class LockedLayer(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     input: str  # input digest: the store address
     output: str  # output digest: the digest of the layer's manifest
     parents: bool = False  # whether the input includes the output digests of the layers below
-    # Source files of the layer folder: path -> "<xxh3-128>" or "<xxh3-128> x" (executable).
+    # Sources of the layer folder: path -> "<xxh3-128>" or "<xxh3-128> x" (executable) for a
+    # file, "-> <target>" for a symlink, "dir" for an empty folder.
     sources: dict[str, str] = {}
     # Extra resolved inputs a builder records (e.g. owner names resolved to ids).
     resolved: dict[str, str] = {}
