@@ -3,7 +3,9 @@ htpasswd auth and a temporary storage directory, plus a loopback HTTP proxy that
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import http.server
 import socket
 import subprocess
@@ -82,12 +84,17 @@ auth:
 class FaultProxy:
     """HTTP proxy on loopback in front of the registry. `faults` is a list of
     (predicate(method, path) -> bool, action) consumed in order; actions: "503", "429", "drop"
-    (close without answering), "cut" (send headers and half the body), "corrupt" (flip a byte)."""
+    (close without answering), "cut" (send headers and half the body), "corrupt" (flip a byte),
+    "huge" (announce a 100 MB answer)."""
 
     def __init__(self, upstream: str):
         self.upstream = upstream
         self.faults: list = []
         self.always: str | None = None   # an action applied to every request
+        # When set, the proxy plays a registry with bearer-token auth: clients must fetch this
+        # token from /token (with the registry's basic credentials) and present it.
+        self.bearer_token: str | None = None
+        self.token_requests: list[str] = []
         self.seen: list[tuple[str, str]] = []
         proxy = self
 
@@ -101,7 +108,17 @@ class FaultProxy:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else None
                 proxy.seen.append((self.command, self.path))
+                if proxy.bearer_token and self.bearer():
+                    return
                 action = proxy.take(self.command, self.path)
+                if action == "huge":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(100 * 1024 * 1024))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(b"{" + b" " * 65536)
+                    return
                 if action in ("503", "429"):
                     self.send_response(int(action))
                     self.send_header("Content-Length", "0")
@@ -135,6 +152,33 @@ class FaultProxy:
                 if action == "corrupt" and data:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
                 self.wfile.write(data)
+
+            def bearer(self) -> bool:
+                """Answer the request here (token endpoint, or 401) and return True, or swap the
+                bearer token for the registry's basic credentials and return False."""
+                basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                if self.path.startswith("/token"):
+                    proxy.token_requests.append(self.path)
+                    ok = self.headers.get("Authorization") == basic
+                    body = json.dumps({"token": proxy.bearer_token}).encode() if ok else b"{}"
+                    self.send_response(200 if ok else 401)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return True
+                if self.headers.get("Authorization") != f"Bearer {proxy.bearer_token}":
+                    repo = self.path.split("/")[2] if self.path.count("/") > 2 else ""
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", f'Bearer realm="http://{proxy.address}/token",'
+                                     f'service="test-registry",scope="repository:{repo}:pull"')
+                    self.send_header("Content-Length", "0")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    return True
+                del self.headers["Authorization"]
+                self.headers["Authorization"] = basic
+                return False
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = handle_one
 

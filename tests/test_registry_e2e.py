@@ -244,3 +244,40 @@ def test_registry_stopped_midway(tmp_path, auth):
         assert c.put_blob(b"after") == sha(b"after")
     finally:
         reg.stop()
+
+
+def test_bearer_token_flow(registry, auth, proxy, tmp_path):
+    """A registry that answers 401 with a Bearer challenge: the client gets a token from the
+    realm with its basic credentials, then uses the token (the proxy plays the token server)."""
+    proxy.bearer_token = "tok-123"
+    c = client(proxy.address, "bearer/repo", auth)
+    blob = b"bearer" * 100
+    assert c.put_blob(blob) == sha(blob)
+    assert c.get_blob(sha(blob), tmp_path / "b").read_bytes() == blob
+    assert proxy.token_requests and "service=test-registry" in proxy.token_requests[0]
+    # Wrong credentials at the token service: refused, and the secret is not in the message.
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"auths": {proxy.address: {"auth": "YnVpbGRlcjpXUk9ORy1zZWNyZXQ="}}}))
+    with pytest.raises(RegistryAuthError, match="refused the credentials") as e:
+        client_for(f"oci://{proxy.address}/bearer/repo", auth_file=bad, retry=FAST).blob_exists(sha(blob))
+    assert "WRONG-secret" not in str(e.value)
+
+
+def test_huge_answers_are_refused(registry, auth, proxy):
+    c = client(proxy.address, "huge/repo", auth)
+    proxy.faults = [(lambda m, p: "/manifests/" in p, "huge")]
+    with pytest.raises(RegistryProtocolError, match="exceeds"):
+        c.get_manifest("v1")
+    proxy.faults = [(lambda m, p: "/tags/list" in p, "huge")]
+    with pytest.raises(RegistryProtocolError, match="exceeds"):
+        c.tags()
+
+
+def test_cross_repository_mount_sends_no_bytes(registry, auth, proxy):
+    blob = b"shared between repositories" * 1000
+    client(proxy.address, "mount/a", auth).put_blob(blob)
+    b = client(proxy.address, "mount/b", auth)
+    proxy.seen.clear()
+    assert b.put_blob(blob, mount_from="mount/a") == sha(blob)
+    assert [m for m, _ in proxy.seen if m == "PUT"] == []
+    assert b.blob_exists(sha(blob))
