@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 from .e2e_support import require_tools
+from lxclayer.errors import UserError
 from lxclayer.registry import (DigestMismatch, NotFound, RegistryAuthError, RegistryProtocolError, RegistryUnavailable,
                                RetryPolicy, client_for, oci)
 from .registry_support import PASSWORD, USER, FaultProxy, Registry, blob_get
@@ -281,3 +282,12 @@ def test_cross_repository_mount_sends_no_bytes(registry, auth, proxy):
     assert b.put_blob(blob, mount_from="mount/a") == sha(blob)
     assert [m for m, _ in proxy.seen if m == "PUT"] == []
     assert b.blob_exists(sha(blob))
+
+
+def test_unwritable_destination_is_one_line_not_a_retry(registry, auth, tmp_path, proxy):
+    c = client(proxy.address, "local/fault", auth)
+    c.put_blob(b"data" * 10)
+    proxy.seen.clear()
+    with pytest.raises(UserError, match="cannot write blob .*: No such file or directory"):
+        c.get_blob(sha(b"data" * 10), tmp_path / "missing-folder" / "b")
+    assert len([p for m, p in proxy.seen if m == "GET"]) == 1

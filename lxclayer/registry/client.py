@@ -28,6 +28,7 @@ from . import oci
 from .auth import Credentials, load_credentials, parse_challenge
 from .errors import (DigestMismatch, NotFound, RegistryAuthError, RegistryError,
                      RegistryProtocolError, RegistryUnavailable)
+from ..errors import UserError
 from .reference import Reference
 
 MAX_MANIFEST = 4 * 1024 * 1024   # the distribution spec's recommended limit
@@ -250,7 +251,8 @@ class RegistryClient:
                             break
             except (OSError, http.client.HTTPException) as e:
                 if isinstance(e, OSError) and e.errno is not None and not isinstance(e, (ConnectionError, socket.timeout)):
-                    raise  # a local fault (full disk): not the registry's
+                    # A local fault (full disk, read-only folder): the user's to fix, not retried.
+                    raise UserError(f"cannot write blob {digest}: {e.strerror}", file=str(dest)) from None
                 raise _Transient(f"blob {digest} download broke off: {_describe(e)}") from None
             finally:
                 r.close()
