@@ -84,15 +84,32 @@ class RegistryClient:
         self.workers = workers
         self._token: dict[str, str] = {}   # scope -> Authorization header value
         self._lock = threading.Lock()
+        self._idle = threading.local()      # per thread: kept-alive connections
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.scheme}://{self.ref.registry}/{self.repository})"
 
     # ---- transport ----------------------------------------------------------------------
-    def _connect(self, host: str, port: int | None, scheme: str):
+    def _connect(self, host: str, port: int | None, scheme: str) -> tuple[object, bool]:
+        """A kept-alive connection of this thread to (scheme, host, port), or a new one;
+        and whether it was reused (a reused one may have been closed by the server meanwhile)."""
+        conn = getattr(self._idle, "conns", {}).pop((scheme, host, port), None)
+        if conn is not None:
+            return conn, True
         if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._ssl)
-        return http.client.HTTPConnection(host, port, timeout=self.timeout)
+            return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._ssl), False
+        return http.client.HTTPConnection(host, port, timeout=self.timeout), False
+
+    def _keep(self, key: tuple, conn, r) -> None:
+        if r.will_close:
+            conn.close()
+            return
+        if not hasattr(self._idle, "conns"):
+            self._idle.conns = {}
+        old = self._idle.conns.pop(key, None)
+        if old is not None:
+            old.close()
+        self._idle.conns[key] = conn
 
     def _url(self, path: str) -> str:
         return f"{self.scheme}://{self.ref.registry}{path}"
@@ -104,15 +121,28 @@ class RegistryClient:
             u = urllib.parse.urlsplit(url)
             if u.scheme == "http" and self.scheme == "https":
                 raise RegistryProtocolError(f"registry {self.ref.registry} redirected to plain HTTP; refused")
-            conn = self._connect(u.hostname, u.port, u.scheme)
+            key = (u.scheme, u.hostname, u.port)
+            conn, reused = self._connect(*key[1:], u.scheme)
             target = u.path + (f"?{u.query}" if u.query else "")
             hdrs = dict(headers)
             if u.netloc != self.ref.registry:
                 hdrs.pop("Authorization", None)
             data = body() if callable(body) else body
             try:
-                conn.request(method, target, body=data, headers=hdrs)
-                r = conn.getresponse()
+                try:
+                    conn.request(method, target, body=data, headers=hdrs)
+                    r = conn.getresponse()
+                except (ConnectionError, http.client.RemoteDisconnected):
+                    if not reused:
+                        raise
+                    # The server closed our idle kept-alive connection: not a fault, go again.
+                    conn.close()
+                    if hasattr(data, "close"):
+                        data.close()
+                    data = body() if callable(body) else body
+                    conn, reused = self._connect(*key[1:], u.scheme)[0], False
+                    conn.request(method, target, body=data, headers=hdrs)
+                    r = conn.getresponse()
                 hs = {k.lower(): v for k, v in r.getheaders()}
                 if r.status in (301, 302, 303, 307, 308) and "location" in hs:
                     conn.close()
@@ -122,8 +152,13 @@ class RegistryClient:
                     continue
                 if stream and r.status == 200:
                     return Response(r.status, hs, b"", raw=r, conn=conn)
-                payload = b"" if method == "HEAD" else _read_limited(r, limit, self.ref.registry)
-                conn.close()
+                try:
+                    # (a HEAD answer must be read too, or the connection cannot be used again)
+                    payload = r.read(0) if method == "HEAD" else _read_limited(r, limit, self.ref.registry)
+                except (RegistryProtocolError, _Transient):
+                    conn.close()
+                    raise
+                self._keep(key, conn, r)
                 return Response(r.status, hs, payload)
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
@@ -132,6 +167,18 @@ class RegistryClient:
                 if hasattr(data, "close"):
                     data.close()
         raise RegistryProtocolError(f"registry {self.ref.registry}: too many redirects")
+
+    def close(self) -> None:
+        """Close the connections this thread keeps alive (others close with their threads)."""
+        for conn in getattr(self._idle, "conns", {}).values():
+            conn.close()
+        self._idle.conns = {}
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _auth_header(self, scope: str) -> dict[str, str]:
         with self._lock:
