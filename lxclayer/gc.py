@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import compose as composer
 from . import roots as gcroots
+from . import snapshots
 from .digest import digest
 from .errors import StoreCorruption, UserError
 from .lock import toml as locktoml
@@ -35,6 +36,8 @@ class GcResult:
     dead_roots: list[Path] = field(default_factory=list)
     # (input digest, layer name it was built for, kind, size): the entries freed, and why
     freed_entries: list[tuple[str, str, str, int]] = field(default_factory=list)
+    snapshots: int = 0  # snapshots freed (they go with their entries)
+    snapshot_bytes: int = 0  # what the snapshots kept take on disk
 
 
 def _size(path: Path) -> int:
@@ -123,6 +126,12 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
             for f in composed.glob("*.json"):
                 if f.stem not in keep_composed:
                     f.unlink(missing_ok=True)
+        gone = snapshots.unneeded(store, keep_layers)
+        res.snapshots = len(gone)
+        if not dry_run:
+            for name in gone:
+                snapshots.remove(store, name)
+        res.snapshot_bytes = snapshots.disk_usage(store, skip=gone)
         if not dry_run:
             for lockf in (store.root / "locks").glob("*.lock"):
                 if lockf.stem != "store" and lockf.stem not in keep_layers:

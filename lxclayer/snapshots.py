@@ -200,24 +200,24 @@ def remove(store: Store, input_digest: str) -> None:
     _rmtree(snapshot_dir(store, input_digest))
 
 
-def remove_unless(store: Store, keep: Iterable[str]) -> list[str]:
-    """Remove every snapshot whose input digest is not in `keep`; returns the removed ones."""
+def unneeded(store: Store, keep: Iterable[str]) -> list[str]:
+    """The snapshots whose input digest is not in `keep` (gc removes them with their entries)."""
     base = snapshots_dir(store)
     if not base.is_dir():
         return []
     keep = set(keep)
-    gone = sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and p.name not in keep)
-    for name in gone:
-        remove(store, name)
-    return gone
+    return sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and p.name not in keep)
 
 
-def disk_usage(store: Store) -> int:
-    """Bytes the snapshots take (allocated blocks; each inode counted once)."""
+def disk_usage(store: Store, *, skip: Iterable[str] = ()) -> int:
+    """Bytes the snapshots take (allocated blocks; each inode counted once), but those in `skip`."""
     base = snapshots_dir(store)
     total = 0
     seen: set[int] = set()
+    skipped = {str(base / s) for s in skip}
     for dirpath, dirs, files in os.walk(base):
+        if dirpath == str(base):
+            dirs[:] = [x for x in dirs if str(base / x) not in skipped]
         for name in itertools.chain(dirs, files):
             st = os.lstat(os.path.join(dirpath, name))
             if st.st_ino not in seen:

@@ -191,11 +191,25 @@ def test_a_killed_snapshot_build_leaves_nothing_trusted_and_is_swept(store, tmp_
     assert snapshots.check(store, "b", "out-b") is None
 
 
-def test_remove_unless_and_disk_usage(store):
-    bottom, top = stack(store)
-    snap(store, "b", bottom, lambda p: None)
-    snap(store, "t", top, lower_of(bottom))
-    assert snapshots.disk_usage(store) > 0
-    assert snapshots.remove_unless(store, {"b"}) == ["t"]
-    assert snapshots.check(store, "t", "out-t") == "missing"
-    assert snapshots.check(store, "b", "out-b") is None
+def test_gc_removes_snapshots_with_their_entries_and_reports_their_size(project_dir, store_dir):
+    from lxclayer.build import build
+    from lxclayer.definitions import load_project
+
+    from .conftest import run_cli
+
+    build(load_project(project_dir), Store(store_dir))
+    store = Store(store_dir)
+    live = sorted(p.name for p in (store_dir / "layers").iterdir())
+    with store.session():
+        bottom, _ = stack(store)
+        for name in (live[0], "0" * 64):  # one an entry the lock names, one nothing names
+            snap(store, name, bottom, lambda p: None)
+    dry = run_cli("--project", str(project_dir), "--store", str(store_dir), "gc", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "snapshots: would free 1; the kept ones take" in dry.stdout
+    assert snapshots.check(store, "0" * 64, "out-" + "0" * 64) is None
+    r = run_cli("--project", str(project_dir), "--store", str(store_dir), "gc")
+    assert r.returncode == 0, r.stderr
+    assert "snapshots: freed 1" in r.stdout
+    assert snapshots.check(store, "0" * 64, "out-" + "0" * 64) == "missing"
+    assert snapshots.check(store, live[0], "out-" + live[0]) is None
