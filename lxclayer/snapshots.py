@@ -224,3 +224,44 @@ def disk_usage(store: Store, *, skip: Iterable[str] = ()) -> int:
                 seen.add(st.st_ino)
                 total += st.st_blocks * 512
     return total
+
+
+# --- what a program changed: the overlay's upper directory ---------------------------------------
+
+OPAQUE = "trusted.overlay.opaque"
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def upper_changes(upper: Path, base: dict[str, Entry], store: Store, *, mtime_clamp: int) -> dict[str, Entry]:
+    """The tree after a program ran on an overlay (lower: `base`), read from its upper directory
+    alone. Mounted without metacopy and redirect_dir, the upper directory holds every changed
+    path whole (a changed owner, mode or xattr copies the file up), with the merged view's
+    attributes: a char 0:0 device deletes a path, an opaque directory hides all below it."""
+    from .scan import scan_dir
+
+    new = dict(base)
+    up = scan_dir(upper, store, mtime_clamp=mtime_clamp)
+
+    def drop_under(path: str) -> None:
+        pre = path + "/"
+        for p in [p for p in new if p.startswith(pre)]:
+            del new[p]
+
+    for path in sorted(up, key=sort_key):  # parents first: an opaque dir is emptied before its children
+        e = up[path]
+        if e.type == "char" and e.major == 0 and e.minor == 0:
+            new.pop(path, None)
+            drop_under(path)
+            continue
+        old = new.get(path)
+        if (old is not None and old.type == "dir" and e.type != "dir") or (
+                e.type == "dir" and _opaque(str(upper / path))):
+            drop_under(path)
+        new[path] = e
+    return new

@@ -213,3 +213,59 @@ def test_gc_removes_snapshots_with_their_entries_and_reports_their_size(project_
     assert "snapshots: freed 1" in r.stdout
     assert snapshots.check(store, "0" * 64, "out-" + "0" * 64) == "missing"
     assert snapshots.check(store, live[0], "out-" + live[0]) is None
+
+
+CHANGES = r"""
+set -e
+cd "$1"
+rm etc/gone                      # a deleted file
+rm -r opt && printf 'file' > opt # a directory replaced by a file
+chmod 0600 var/lib/y             # only a mode
+chown 5:6 etc/a                  # only an owner
+setfattr -n user.only -v 1 var/lib 2>/dev/null || python3 -c "import os; os.setxattr('var/lib', 'user.only', b'1')"
+rm -r srv && mkdir srv && printf 'n' > srv/new   # a directory emptied and refilled (opaque)
+mkdir -p usr/new/deep && printf 'd' > usr/new/deep/f
+touch -h -d @1600000000 etc var/lib usr usr/new usr/new/deep srv .
+"""
+
+
+def test_scanning_the_upper_dir_alone_gives_the_same_layer_as_scanning_the_whole_tree(store, tmp_path):
+    """The old way (materialise the stack, change it, scan it all, diff) and the new way (change
+    an overlay of snapshots, read its upper directory) give the same layer."""
+    from lxclayer.manifest import diff, sorted_entries
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    bottom = [
+        d("etc", mode=0o750, uid=7, gid=8), f(store, "etc/a", b"a\n"), f(store, "etc/gone", b"x"),
+        d("opt"), d("opt/sub"), f(store, "opt/sub/x", b"x"), d("var"), d("var/lib"),
+        f(store, "var/lib/y", b"y"), d("srv"), f(store, "srv/old", b"o"), d("usr"),
+    ]
+    base = {e.path: e for e in merge([bottom], mtime=SDE)}
+    # the old way
+    from lxclayer.materialise import materialise
+
+    real = tmp_path / "real"
+    materialise(merge([bottom], mtime=SDE), real, store)
+    subprocess.run(["sh", "-c", CHANGES, "sh", str(real)], check=True)
+    old = sorted_entries(diff(base, scan_dir(real, store, mtime_clamp=SDE)))
+    # the new way
+    lower = snap(store, "b", bottom, lambda p: None)
+    upper, work, mnt = tmp_path / "upper", tmp_path / "work", tmp_path / "mnt"
+    for p in (upper, work, mnt):
+        p.mkdir()
+    p = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t overlay ov -o lowerdir={lower},upperdir={upper},workdir={work},"
+         f'redirect_dir=off,metacopy=off,index=off,xino=off "$1" || exit 97\n' + CHANGES, "sh", str(mnt)],
+        capture_output=True,
+    )
+    if p.returncode == 97:
+        pytest.skip(f"overlayfs is not available here: {p.stderr.decode().strip()}")
+    assert p.returncode == 0, p.stderr.decode()
+    new = sorted_entries(diff(base, snapshots.upper_changes(upper, base, store, mtime_clamp=SDE)))
+    assert new == old
+    kinds = {e.path: e.type for e in new}
+    assert kinds["etc/gone"] == "whiteout" and kinds["opt"] == "file" and kinds["srv/old"] == "whiteout"
+    assert {"var/lib/y", "etc/a", "var/lib", "usr/new/deep/f"} <= set(kinds)
+    assert snapshots.check(store, "b", "out-b") is None  # the program did not touch the snapshot
