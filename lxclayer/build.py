@@ -34,7 +34,7 @@ from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
 from .sources import StatCache, cache_for, scan_sources
-from .store import LayerEntry, Store
+from .store import LayerEntry, Store, remove_stale_temporaries
 
 
 class Mode(enum.Enum):
@@ -172,7 +172,7 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
             # The input digest is not known before something else is built or resolved.
             p.reasons = explain(
                 _record(layer, project, st, artifacts or {}, resolved or {}, None),
-                locked, None, below_names, _old_settings(store, locked), st.settings_data,
+                locked, None, below_names, _old_settings(store, locked), st.settings_data, complete=False,
             ) if locked else ["new layer (not in the lock)"]
             if artifacts is None:
                 p.reasons.append("pins are resolved again")
@@ -414,8 +414,10 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
     out_dir = out_dir or project.root / "dist"
     formats = formats or list(project.template.formats)
     lock_path = project.lock_file
-    lock = locktoml.read(lock_path)
-    with store.session():
+    with store.session(), store.project_lock(lock_path):
+        lock = locktoml.read(lock_path)  # read under the project lock: another build may have written it
+        for folder in (out_dir, lock_path.parent):
+            remove_stale_temporaries(folder)
         # This project's lock is a GC root of the store from now on: `gc`, run from any project
         # sharing the store, keeps what it names (a root whose lockfile never appears is dead).
         roots.register(store.root, lock_path)

@@ -6,6 +6,7 @@ with code 2; nothing a user can cause prints a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -357,29 +358,45 @@ def gc(ctx, dry_run) -> None:
 
 
 @cli.command()
-@click.option("--rebuild", is_flag=True, required=True, help="Rebuild into a temporary store and compare.")
+@click.option("--rebuild", is_flag=True,
+              help="Also build each layer again (reusing only the stored layers below it and the "
+                   "downloaded artifacts) and compare it with the stored one, path by path.")
 @click.argument("layers", nargs=-1)
 @click.pass_context
 def verify(ctx, rebuild, layers) -> None:
-    """Rebuild layers into an empty store and list every path that differs.
+    """Check the store's entries and blobs for the locked template; with --rebuild, prove
+    layers reproducible by building them again. Exit 1 if anything is wrong.
 
     \b
     Example:
+      lxclayer verify
       lxclayer verify --rebuild postgresql
     """
-    from .verify import verify_rebuild
+    from .verify import verify_rebuild, verify_store
 
     project = _project(ctx)
-    diffs = verify_rebuild(project, _store(ctx), list(layers), events=Printer())
+    store = _store(ctx)
     bad = 0
-    for name, lines in diffs.items():
-        if lines:
+    # A rebuild needs no lock (it builds what is missing first); a store check checks the lock's.
+    checked = verify_store(project, store, list(layers)) if not rebuild or project.lock_file.exists() else {}
+    for name, problems in checked.items():
+        if problems:
             bad += 1
-            click.echo(f"{name}: not reproducible")
-            for line in lines:
+            click.echo(f"{name}: damaged")
+            for line in problems:
                 click.echo(f"  {line}")
-        else:
-            click.echo(f"{name}: reproducible")
+        elif not rebuild:
+            click.echo(f"{name}: ok")
+    if rebuild:
+        diffs = verify_rebuild(project, store, list(layers), events=Printer())
+        for name, lines in diffs.items():
+            if lines:
+                bad += 1
+                click.echo(f"{name}: not reproducible")
+                for line in lines:
+                    click.echo(f"  {line}")
+            else:
+                click.echo(f"{name}: reproducible")
     sys.exit(1 if bad else 0)
 
 
@@ -442,6 +459,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         os._exit(0)
+    except OSError as e:
+        # What the machine or the user's files cause (a full disk, a read-only or missing folder,
+        # `dist` being a file, no permission) is one line naming the path, not a traceback.
+        # Anything else keeps its traceback: it is a bug.
+        if e.errno not in _MACHINE_ERRNOS:
+            raise
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+        click.echo(f"lxclayer: error: {where + ': ' if where else ''}{e.strerror or e}", err=True)
+        sys.exit(1)
+
+
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                   errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EIO, errno.EMFILE, errno.ENAMETOOLONG,
+                   errno.ELOOP, errno.EFBIG}
 
 
 if __name__ == "__main__":

@@ -30,11 +30,12 @@ import xxhash
 import zstandard
 
 from . import prealloc, tarformat
+from .digest import seal_tag, unseal
 from .errors import BuildError
 from .manifest import Entry
 from .store import Store
 
-CHUNKING = "chunked/3"
+CHUNKING = "chunked/3"  # the archive bytes; the cache file format is _ChunkCache's
 MIN_CHUNK = 2 << 20  # no boundary before a chunk holds this many bytes
 MAX_CHUNK = 8 << 20  # always a boundary after this many bytes
 PIECE = 8 << 20  # a larger file has chunks of its own, one per PIECE bytes of its content
@@ -143,29 +144,36 @@ class ComposeResult:
 
 
 class _ChunkCache:
-    """Compressed chunks in the store, each prefixed with the xxh3-128 of its bytes."""
+    """Compressed chunks in the store, each sealed with the xxh3-128 of its name and bytes, so
+    that a damaged chunk, or a valid chunk under another chunk's name, is never used."""
 
     def __init__(self, store: Store, fmt: str):
         self.store = store
         self.fmt = fmt
 
     def get(self, key: str) -> bytes | None:
-        path = self.store.chunk_path(f"{self.fmt}-{key}")
+        name = f"{self.fmt}-{key}"
+        path = self.store.chunk_path(name)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        if len(data) < 16 or xxhash.xxh3_128_digest(data[16:]) != data[:16]:
-            path.unlink(missing_ok=True)  # damaged: made again below
-            return None
-        return data[16:]
+        payload = unseal(data, name.encode())
+        if payload is None:
+            path.unlink(missing_ok=True)  # damaged or misplaced: made again below
+        return payload
 
     def put(self, key: str, payload: bytes) -> None:
-        path = self.store.chunk_path(f"{self.fmt}-{key}")
+        name = f"{self.fmt}-{key}"
+        path = self.store.chunk_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         part = self.store.root / "tmp" / f"{os.urandom(8).hex()}.part-{os.getpid()}"
-        prealloc.write_new(part, xxhash.xxh3_128_digest(payload), payload)
-        os.replace(part, path)
+        try:
+            prealloc.write_new(part, seal_tag(payload, name.encode()), payload)
+            os.replace(part, path)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
 
 
 def chunk_bytes(chunk: Chunk, store: Store) -> bytearray:
@@ -242,10 +250,10 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
                 continue  # keep taking futures, so that the producer never blocks
             try:
                 data, hit = fut.result()
+                f.write(data)  # a full disk ends here: reported by the caller, not this thread
             except BaseException as e:  # reported by the caller below
                 failure.append(e)
                 continue
-            f.write(data)
             sha.update(data)
             reused += hit
             done += 1
@@ -279,12 +287,14 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
         # from the store whenever its size, inode and mtime (or its sha256) no longer match.
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(out)) from None  # say which file (a full disk)
         raise
     return ComposeResult(path=out, sha256=sha.hexdigest(), size=f.size, chunks=nchunks,
                          reused=reused, raw_size=raw_total)

@@ -11,6 +11,7 @@ The settings of each layer kind are declared by its builder module (see
 
 import re
 import tomllib
+import typing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -151,7 +152,59 @@ def decode(data: dict[str, Any], typ: Any, file: str) -> Any:
         return msgspec.convert(data, typ)
     except msgspec.ValidationError as e:
         key, reason = msgspec_key(e)
+        if key is not None and "[...]" in key:
+            key = _table_key(data, typ, key)
         raise DefinitionError(reason, file=file, key=key) from None
+
+
+_SEGMENT = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_]*)|\[(\d+|\.\.\.)\]")
+
+
+def _table_key(data: Any, typ: Any, key: str) -> str:
+    """msgspec says `symlinks[...]` for a bad value in a table; find the key it means by
+    walking the data and the type along the path (`symlinks."etc/x"`)."""
+    out = ""
+    pos = 0
+    while pos < len(key):
+        m = _SEGMENT.match(key, pos)
+        if m is None:
+            return out + key[pos:]
+        pos = m.end()
+        name, index = m.group(1), m.group(2)
+        if name is not None:
+            fields = {f.encode_name: f.type for f in msgspec.structs.fields(typ)} if _is_struct(typ) else {}
+            if not isinstance(data, dict) or name not in fields:
+                return out + key[m.start():]
+            out += f".{name}" if out else name
+            data, typ = data[name], fields[name]
+        elif index != "...":
+            args = typing.get_args(typ)
+            if not isinstance(data, list) or not args:
+                return out + key[m.start():]
+            out += f"[{index}]"
+            data, typ = data[int(index)], args[0]
+        else:
+            args = typing.get_args(typ)
+            if not isinstance(data, dict) or len(args) != 2:
+                return out + key[m.start():]
+            bad = next((k for k, v in data.items() if not _converts(v, args[1])), None)
+            if bad is None:
+                return out + key[m.start():]
+            out += f'."{bad}"' if out else f'"{bad}"'
+            data, typ = data[bad], args[1]
+    return out
+
+
+def _is_struct(typ: Any) -> bool:
+    return isinstance(typ, type) and issubclass(typ, msgspec.Struct)
+
+
+def _converts(value: Any, typ: Any) -> bool:
+    try:
+        msgspec.convert(value, typ)
+        return True
+    except msgspec.ValidationError:
+        return False
 
 
 def container_path(value: str, *, file: str, key: str) -> str:
@@ -243,6 +296,11 @@ def load_layer(name: str, layers_dir: Path, root: Path, *, listed_in: str, key: 
     if kind is None:
         raise DefinitionError(
             f"required key is missing (one of: {', '.join(sorted(kinds))})", file=shown, key="kind"
+        )
+    if not isinstance(kind, str):
+        raise DefinitionError(
+            f"must be a string, one of: {', '.join(sorted(kinds))} (got {type(kind).__name__})",
+            file=shown, key="kind",
         )
     if kind not in kinds:
         raise DefinitionError(

@@ -38,3 +38,24 @@ def normalise_text(data: bytes) -> bytes:
     if b"\r\n" in data and b"\0" not in data:
         return data.replace(b"\r\n", b"\n")
     return data
+
+
+def seal(payload: bytes, context: bytes = b"") -> bytes:
+    """`payload` prefixed with the xxh3-128 of `context` and `payload`: for files lxclayer
+    trusts on a later run without another source of truth (caches, records). `context` binds
+    the payload to the name it is kept under, so a valid file moved to another name is refused."""
+    return seal_tag(payload, context) + payload
+
+
+def seal_tag(payload: bytes | bytearray | memoryview, context: bytes = b"") -> bytes:
+    """The 16 bytes `seal` puts before `payload` (for writers that write the parts apart)."""
+    h = xxhash.xxh3_128(context)
+    h.update(payload)
+    return h.digest()
+
+
+def unseal(data: bytes, context: bytes = b"") -> bytes | None:
+    """The payload of `seal`'s output, or None if it was altered (or is not sealed)."""
+    if len(data) < 16 or seal_tag(memoryview(data)[16:], context) != data[:16]:
+        return None
+    return data[16:]

@@ -115,7 +115,8 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
             if not base.is_dir():
                 continue
             for f in base.glob("*/*"):
-                if f.name in keep:
+                # kept only where it is looked for (chunks of an older layout are freed)
+                if f.name in keep and (sub != "chunks" or f == store.chunk_path(f.name)):
                     continue
                 setattr(res, attr, getattr(res, attr) + 1)
                 res.freed += _size(f)

@@ -50,8 +50,11 @@ def settings_digest(layer: Layer) -> str:
 
 def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: list[str] | None,
             below_names: list[str], old_settings: dict[str, Any] | None = None,
-            new_settings: dict[str, Any] | None = None) -> list[str]:
-    """Why `record` differs from what the lock recorded, in words (empty: it does not)."""
+            new_settings: dict[str, Any] | None = None, *, complete: bool = True) -> list[str]:
+    """Why `record` differs from what the lock recorded, in words (empty: it does not).
+
+    `complete=False`: the record is not whole yet (the outputs below or the pins are not known
+    before something is built), so its digest says nothing and no reason is guessed from it."""
     if locked is None:
         return ["new layer (not in the lock)"]
     why: list[str] = []
@@ -103,7 +106,7 @@ def explain(record: InputRecord, locked: LockedLayer | None, locked_parents: lis
                 why.append(f"layer below {name} changed")
     if record.parents is not None and not locked.parents:
         why.append("now reads the layers below")
-    if not why and locked.input != record.digest():
+    if not why and complete and locked.input != record.digest():
         why.append("template architecture or SOURCE_DATE_EPOCH changed")
     return why
 

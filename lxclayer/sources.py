@@ -19,7 +19,7 @@ import msgspec
 import xxhash
 
 from .definitions import LAYER_FILE, rel
-from .digest import digest_bytes, normalise_text
+from .digest import digest_bytes, normalise_text, seal, unseal
 from .errors import DefinitionError
 from .lock.model import EMPTY_DIR
 
@@ -67,9 +67,12 @@ class StatCache:
         self.entries: dict[str, tuple[int, int, int, int, int, str]] = {}
         self.dirty = False
         if path is not None:
+            # Sealed: a damaged cache (one flipped bit in a hash) would change a digest silently.
             try:
-                self.entries = msgspec.msgpack.decode(path.read_bytes(), type=dict[str, tuple[int, int, int, int, int, str]])
-            except (FileNotFoundError, msgspec.DecodeError, ValueError):
+                payload = unseal(path.read_bytes())
+                if payload is not None:
+                    self.entries = msgspec.msgpack.decode(payload, type=dict[str, tuple[int, int, int, int, int, str]])
+            except (OSError, msgspec.DecodeError, ValueError):
                 self.entries = {}
 
     def hash(self, p: Path, st: os.stat_result) -> str:
@@ -88,7 +91,7 @@ class StatCache:
         if self.path is not None and self.dirty:
             from .store import atomic_write
 
-            atomic_write(self.path, msgspec.msgpack.encode(self.entries))
+            atomic_write(self.path, seal(msgspec.msgpack.encode(self.entries)))
             self.dirty = False
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 import xxhash
 
-from .digest import CHUNK, digest
+from .digest import CHUNK, canonical, digest, seal, unseal
 from .errors import StoreCorruption, UserError
 from .lock.model import Artifact
 from .manifest import Entry
@@ -46,9 +46,21 @@ class LayerMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
     layer: str = ""  # the name of the layer it was first built for (informational)
     artifacts: dict[str, dict[str, Artifact]] = {}
     record: dict[str, Any] = {}  # the input record that hashes to `input`
-    # xxh3-128 of the manifest file's bytes followed by `output`: a cheap check, on every read,
-    # that neither the manifest nor the recorded output digest was altered.
+    # A cheap check, on every read, that neither the manifest nor any field of this record was
+    # altered: "v2:" + xxh3-128 of the manifest file's bytes and the canonical encoding of every
+    # other field. (Entries made before v2 carry the xxh3-128 of the manifest and `output` only.)
     seal: str = ""
+
+
+def _seal_of(meta: LayerMeta, raw: bytes) -> str:
+    fields = msgspec.structs.asdict(msgspec.structs.replace(meta, seal=""))
+    return "v2:" + xxhash.xxh3_128_hexdigest(raw + canonical(fields))
+
+
+def _seal_ok(meta: LayerMeta, raw: bytes) -> bool:
+    if meta.seal.startswith("v2:"):
+        return meta.seal == _seal_of(meta, raw)
+    return xxhash.xxh3_128_hexdigest(raw + meta.output.encode()) == meta.seal
 
 
 class LayerEntry:
@@ -117,7 +129,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = 
     `durable` also survives a power cut (fsync), at the price of flushing whatever else was
     written to the file system just before: use it for what later runs trust without checking."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The pid in the name lets a later run remove what a killed one left (remove_stale_temporaries).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -132,6 +145,21 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = 
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files of `atomic_write` that a killed process left in `folder`
+    (`.NAME.PID.XXXX.tmp` whose PID is gone)."""
+    try:
+        candidates = list(folder.glob(".*.tmp"))
+    except OSError:
+        return
+    for tmp in candidates:
+        parts = tmp.name.split(".")
+        # ["", NAME..., PID, RANDOM, "tmp"]
+        if len(parts) >= 5 and parts[-3].isdigit() and not _pid_alive(int(parts[-3])):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 class Store:
@@ -149,12 +177,17 @@ class Store:
         except OSError as e:
             raise UserError(f"cannot create the store: {e.strerror}", file=str(self.root)) from None
         fmt = self.root / "FORMAT"
-        if not fmt.exists():
+        try:
+            have = fmt.read_bytes()
+        except FileNotFoundError:
             atomic_write(fmt, STORE_FORMAT.encode() + b"\n", durable=True)
-        elif fmt.read_text().strip() != STORE_FORMAT:
+            return
+        except OSError as e:
+            raise UserError(f"cannot read the store's FORMAT file: {e.strerror}", file=str(fmt)) from None
+        if have.strip() != STORE_FORMAT.encode():
             raise UserError(
-                f"store format {fmt.read_text().strip()!r} is not {STORE_FORMAT!r}; use another --store",
-                file=str(self.root),
+                f"store format {have.strip()[:40]!r} is not {STORE_FORMAT!r} (damaged or made by another"
+                " version of lxclayer); use another --store", file=str(self.root),
             )
 
     def layer_dir(self, input_digest: str) -> Path:
@@ -166,8 +199,11 @@ class Store:
     def artifact_path(self, sha256: str) -> Path:
         return self.root / "artifacts" / sha256[:2] / sha256
 
-    def chunk_path(self, key: str) -> Path:
-        return self.root / "chunks" / key[:2] / key
+    def chunk_path(self, name: str) -> Path:
+        """Where the chunk `<format>-<key>` is kept: sharded by its key (not by the format,
+        which would put every chunk of a format in one folder)."""
+        key = name.rpartition("-")[2]
+        return self.root / "chunks" / key[:2] / name
 
     # --- locking ------------------------------------------------------------------------------
 
@@ -184,6 +220,19 @@ class Store:
             os.close(fd)
 
     @contextlib.contextmanager
+    def project_lock(self, lock_file: Path) -> Iterator[None]:
+        """Held by a build for one lockfile from before it reads the lock until after it writes
+        it, so that two builds of one project (say of two formats) do not drop each other's
+        entries: the second reads what the first wrote."""
+        key = xxhash.xxh3_128_hexdigest(os.path.abspath(lock_file).encode("utf-8", "surrogateescape"))
+        fd = os.open(self.root / "locks" / f"project-{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
     def layer_lock(self, input_digest: str) -> Iterator[None]:
         fd = os.open(self.root / "locks" / f"{input_digest}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -195,42 +244,73 @@ class Store:
     @contextlib.contextmanager
     def staging(self, prefix: str = "stage") -> Iterator[Path]:
         """A fresh folder under tmp/, removed afterwards; locked while in use so that a later
-        run can tell an abandoned one (from a killed build) from one in use."""
+        run can tell an abandoned one (from a killed build) from one in use.
+
+        The lock file is made and locked under a name no cleaner looks at, then renamed to
+        `<folder>.lock`, and only then is the folder made: another run's clean-up can never
+        see the folder or its lock unlocked."""
         tmp = self.root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{prefix}-"))
-        fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        name = f"{prefix}-{os.urandom(8).hex()}"
+        pending = tmp / f".pending-{name}"
+        fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        path = tmp / name
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(pending, str(path) + ".lock")
+            path.mkdir()
             yield path
         finally:
             _rmtree(path)
-            with contextlib.suppress(OSError):
-                os.unlink(str(path) + ".lock")
+            for leftover in (pending, Path(str(path) + ".lock")):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
             os.close(fd)
 
     def _clean_tmp(self) -> None:
+        """Remove what killed runs left in tmp/: staging folders whose lock nobody holds, and
+        loose files of interrupted blob or chunk writes whose process is gone. Other runs may
+        be cleaning at the same time: whatever vanished meanwhile was theirs to remove."""
         tmp = self.root / "tmp"
         for lock in tmp.glob("*.lock"):
-            fd = os.open(lock, os.O_RDWR)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
                 continue
             try:
-                _rmtree(Path(str(lock)[: -len(".lock")]))
-                lock.unlink(missing_ok=True)
+                if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                    _rmtree(Path(str(lock)[: -len(".lock")]))
+                    lock.unlink(missing_ok=True)
             finally:
                 os.close(fd)
-        # Loose files from interrupted blob or chunk writes.
-        for stray in tmp.glob("*.part-*"):
+        for stray in [*tmp.glob("*.part-*"), *tmp.glob(".pending-*")]:
+            if stray.name.startswith(".pending-"):
+                # a lock file between its creation and its rename: stale only if nobody holds it
+                try:
+                    fd = os.open(stray, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    stray.unlink(missing_ok=True)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+                continue
             try:
                 pid = int(stray.name.rsplit("-", 1)[1])
             except ValueError:
                 continue
             if not _pid_alive(pid):
                 stray.unlink(missing_ok=True)
+        for dead in tmp.glob("dead-*"):
+            _rmtree(dead)
 
     # --- blobs --------------------------------------------------------------------------------
 
@@ -249,8 +329,12 @@ class Store:
         h = xxhash.xxh3_128_hexdigest(data)
         if not self.has_blob(h):
             part = self._part()
-            part.write_bytes(data)
-            self._publish_file(part, self.blob_path(h))
+            try:
+                part.write_bytes(data)
+                self._publish_file(part, self.blob_path(h))
+            except BaseException:
+                part.unlink(missing_ok=True)
+                raise
         return h
 
     def put_blob_file(self, src: Path | str) -> tuple[str, int]:
@@ -369,7 +453,10 @@ class Store:
         try:
             meta_bytes = (d / "meta.json").read_bytes()
         except FileNotFoundError:
-            return None
+            if not d.exists():
+                return None
+            raise StoreCorruption("store entry is incomplete (meta.json is missing)", entry=str(d),
+                                  layer=layer) from None
         try:
             meta = _meta_dec.decode(meta_bytes)
             raw = (d / "manifest").read_bytes()
@@ -380,16 +467,19 @@ class Store:
         entry = LayerEntry(meta, raw=raw, where=str(d), layer=layer)
         if not meta.seal:
             entry.entries  # noqa: B018 (an entry stored before seals: decode and check it now)
-        elif xxhash.xxh3_128_hexdigest(raw + meta.output.encode()) != meta.seal:
-            raise StoreCorruption("manifest or output digest does not match the entry's seal",
+        elif not _seal_ok(meta, raw):
+            raise StoreCorruption("manifest or meta.json does not match the entry's seal",
                                   entry=str(d), layer=layer)
         return entry
 
     # --- composed archives (a stat cache, so that a no-op build does not hash the archive) ---
 
     def composed(self, key: str) -> dict[str, Any] | None:
+        """The record of the archive composed for `key`, or None (also when it was altered:
+        sealed, since a plain build trusts its sha256)."""
         try:
-            return msgspec.json.decode((self.root / "composed" / f"{key}.json").read_bytes())
+            payload = unseal((self.root / "composed" / f"{key}.json").read_bytes(), key.encode())
+            return None if payload is None else msgspec.json.decode(payload)
         except (FileNotFoundError, msgspec.DecodeError):
             return None
 
@@ -398,10 +488,9 @@ class Store:
         share a store) the file's device, inode, size and mtime."""
         old = self.composed(key) or {}
         stats = old.get("stats", {}) if old.get("sha256") == sha256 else {}
-        st = os.stat(path)
-        stats[str(path.resolve())] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+        stats[str(path.resolve())] = _stat_key(os.stat(path))
         rec = {"sha256": sha256, "size": size, "stats": stats}
-        atomic_write(self.root / "composed" / f"{key}.json", msgspec.json.encode(rec))
+        atomic_write(self.root / "composed" / f"{key}.json", seal(msgspec.json.encode(rec), key.encode()))
 
     def output_matches(self, key: str, path: Path, known: dict[str, Any]) -> bool:
         """Whether `path` still holds the archive recorded: by stat, or by sha256 when in doubt
@@ -413,13 +502,18 @@ class Store:
         if st.st_size != known["size"]:
             return False
         seen = known.get("stats", {}).get(str(path.resolve()))
-        if seen != [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]:
+        if seen != _stat_key(st):
             if sha256_file(path) != known["sha256"]:
                 return False
             self.record_composed(key, path, known["sha256"], known["size"])
         sha_file = path.with_name(path.name + ".sha256")
-        if not sha_file.exists():
-            atomic_write(sha_file, f"{known['sha256']}  {path.name}\n".encode())
+        want = f"{known['sha256']}  {path.name}\n".encode()
+        try:
+            have = sha_file.read_bytes()
+        except OSError:
+            have = b""
+        if have != want:
+            atomic_write(sha_file, want)
         return True
 
     def publish(self, meta: LayerMeta, entries: list[Entry]) -> LayerEntry:
@@ -429,7 +523,8 @@ class Store:
                 raise RuntimeError(f"publish: blob of {e.path} not in store")
         raw = _manifest_enc.encode(entries)
         output = digest(entries)
-        meta = msgspec.structs.replace(meta, output=output, seal=xxhash.xxh3_128_hexdigest(raw + output.encode()))
+        meta = msgspec.structs.replace(meta, output=output, seal="")
+        meta = msgspec.structs.replace(meta, seal=_seal_of(meta, raw))
         final = self.layer_dir(meta.input)
         with self.staging("entry") as stage:
             d = stage / "entry"
@@ -444,22 +539,36 @@ class Store:
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
-                # Someone else published it first; theirs stands.
+                # Someone else published it first: theirs stands if it is whole; a damaged one
+                # (a deleted meta.json, a flipped bit) is replaced, so the store heals.
+                try:
+                    self.lookup(meta.input)
+                except StoreCorruption:
+                    self.remove_entry(meta.input)
+                    os.rename(d, final)
         _fsync_dir(final.parent)
         return LayerEntry(meta, entries)
 
     def remove_entry(self, input_digest: str) -> None:
         """Take a damaged entry out of the store (renamed away first, so it is never half there)."""
         d = self.layer_dir(input_digest)
-        if d.exists():
-            dead = self.root / "tmp" / f"dead-{input_digest}-{os.urandom(4).hex()}"
+        dead = self.root / "tmp" / f"dead-{input_digest}-{os.urandom(4).hex()}"
+        try:
             os.rename(d, dead)
-            _rmtree(dead)
+        except FileNotFoundError:
+            return  # not there, or another run removed it first
+        _rmtree(dead)
 
     def entries(self) -> Iterator[str]:
         d = self.root / "layers"
         if d.is_dir():
             yield from sorted(p.name for p in d.iterdir())
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    """What says a file is unchanged without reading it. The ctime is in it because a byte
+    changed with the mtime put back (`touch -d`) still moves the ctime, which no user can set."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def sha256_file(path: Path) -> str:

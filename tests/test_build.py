@@ -258,3 +258,45 @@ def test_building_another_format_adds_it_to_the_lock(project_dir, store_dir):
     do_build(project_dir, store_dir, formats=["tar.zst"])
     lock = locktoml.read(project_dir / "locks" / "test-tpl.lock")
     assert list(lock.template.archives) == ["tar.zst"]
+
+
+def test_plan_names_the_changed_layer_below_a_program_layer(project_dir, store_dir):
+    # A script layer reads the tree below: after the base changes, plan must say so, and must
+    # not claim that the template's architecture or SOURCE_DATE_EPOCH changed.
+    from lxclayer.lock.model import LockedLayer
+
+    build(load_project(project_dir), Store(store_dir))
+    script = project_dir / "layers" / "late"
+    script.mkdir()
+    (script / "run.sh").write_text("echo hi > /etc/late\n")
+    (script / "layer.toml").write_text('kind = "script"\nscript = "run.sh"\nrequires = ["base"]\n')
+    tpl = project_dir / "layers" / "template.toml"
+    tpl.write_text(tpl.read_text().replace('"extra"]', '"extra", "late"]'))
+    from lxclayer.inputs import settings_digest
+    from lxclayer.sources import scan_sources
+
+    late_layer = load_project(project_dir).layer("late")
+    lock = locktoml.read(project_dir / "locks" / "test-tpl.lock")
+    # as a real build would have locked it: same settings and sources, made on the old base
+    lock.layers["late"] = LockedLayer(
+        kind="script", builder="script/1", settings=settings_digest(late_layer), input="1" * 32,
+        output="2" * 32, parents=True,
+        sources={p: s.lock_value() for p, s in scan_sources(late_layer.dir, project_dir).items()})
+    locktoml.write(project_dir / "locks" / "test-tpl.lock", lock)
+    base = project_dir / "layers" / "base"
+    data = bytearray((base / "base.tar").read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tf:
+        names = tf.getnames()
+    assert "./etc/obsolete.conf" in names
+    i = data.index(b"old\n")
+    data[i:i + 4] = b"new\n"
+    (base / "base.tar").write_bytes(bytes(data))
+    text = (base / "layer.toml").read_text()
+    old_sha = text.split('sha256 = "')[1][:64]
+    (base / "layer.toml").write_text(text.replace(old_sha, hashlib.sha256(bytes(data)).hexdigest()))
+    project = load_project(project_dir)
+    p = {x.name: x for x in plan(project, Store(store_dir), locktoml.read(project.lock_file))}
+    assert p["base"].state == "build"
+    late = " / ".join(p["late"].reasons)
+    assert "layer below base" in late, late
+    assert "architecture" not in late, late
