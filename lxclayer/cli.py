@@ -354,6 +354,7 @@ def gc(ctx, dry_run) -> None:
     click.echo(f"{verb} {_human_size(res.freed)}: {res.layers} layer entries, {res.blobs} blobs,"
                f" {res.chunks} chunks, {res.artifacts} artifacts; kept {res.kept} layer entries"
                f" for {len(res.live_roots)} root(s)")
+    click.echo(f"snapshots: {verb} {res.snapshots}; the kept ones take {_human_size(res.snapshot_bytes)}")
 
 
 @cli.command()

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -108,3 +109,17 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def rmtree(path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+
+    def onerror(func, p, exc):  # make read-only folders writable and retry
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+        with contextlib.suppress(OSError):
+            func(p)
+
+    shutil.rmtree(path, onerror=onerror)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import compose as composer
 from . import roots as gcroots
+from . import snapshots
 from .digest import digest
 from .errors import StoreCorruption, UserError
 from .lock import toml as locktoml
@@ -27,6 +28,8 @@ from .store import Keep, Store, Swept
 class GcResult(Swept):
     live_roots: list[Path] = field(default_factory=list)
     dead_roots: list[Path] = field(default_factory=list)
+    snapshots: int = 0  # snapshots freed (they go with their entries)
+    snapshot_bytes: int = 0  # what the snapshots kept take on disk
 
 
 def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
@@ -77,6 +80,12 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
         swept = store.sweep(keep, dry_run=dry_run)
         for f in fields(Swept):
             setattr(res, f.name, getattr(swept, f.name))
+        gone = snapshots.unneeded(store, keep.layers)  # snapshots go with their entries
+        res.snapshots = len(gone)
+        if not dry_run:
+            for name in gone:
+                snapshots.remove(store, name)
+        res.snapshot_bytes = snapshots.disk_usage(store, skip=gone)
         if not dry_run:
             gcroots.clean_temporaries(store.root)
     return res

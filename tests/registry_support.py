@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
 import http.server
+import json
 import socket
 import subprocess
 import threading

@@ -7,8 +7,15 @@ import json
 
 import pytest
 
-from lxclayer.registry import (RegistryAuthError, RegistryError, RegistryUnavailable, RetryPolicy,
-                               client_for, load_credentials, parse_reference)
+from lxclayer.registry import (
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailable,
+    RetryPolicy,
+    client_for,
+    load_credentials,
+    parse_reference,
+)
 from lxclayer.registry.auth import parse_challenge
 
 D = "sha256:" + "ab" * 32

@@ -17,10 +17,19 @@ import urllib.parse
 import msgspec
 import pytest
 
-from .e2e_support import require_tools
 from lxclayer.errors import UserError
-from lxclayer.registry import (DigestMismatch, NotFound, RegistryAuthError, RegistryProtocolError, RegistryUnavailable,
-                               RetryPolicy, client_for, oci)
+from lxclayer.registry import (
+    DigestMismatch,
+    NotFound,
+    RegistryAuthError,
+    RegistryProtocolError,
+    RegistryUnavailable,
+    RetryPolicy,
+    client_for,
+    oci,
+)
+
+from .e2e_support import require_tools
 from .registry_support import PASSWORD, USER, FaultProxy, Registry, blob_get
 
 pytestmark = pytest.mark.e2e

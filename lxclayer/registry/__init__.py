@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import os
 
+from . import oci
 from .auth import Credentials, load_credentials
 from .client import RegistryClient, RetryPolicy
-from .errors import (DigestMismatch, NotFound, RegistryAuthError, RegistryError,
-                     RegistryProtocolError, RegistryUnavailable)
+from .errors import (
+    DigestMismatch,
+    NotFound,
+    RegistryAuthError,
+    RegistryError,
+    RegistryProtocolError,
+    RegistryUnavailable,
+)
 from .reference import Reference, parse_reference
-from . import oci
 
 __all__ = ["Credentials", "DigestMismatch", "NotFound", "Reference", "RegistryAuthError",
            "RegistryClient", "RegistryError", "RegistryProtocolError", "RegistryUnavailable",

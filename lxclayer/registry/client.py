@@ -18,17 +18,23 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
 
 import msgspec
 
+from ..errors import UserError
 from . import oci
 from .auth import Credentials, load_credentials, parse_challenge
-from .errors import (DigestMismatch, NotFound, RegistryAuthError, RegistryError,
-                     RegistryProtocolError, RegistryUnavailable)
-from ..errors import UserError
+from .errors import (
+    DigestMismatch,
+    NotFound,
+    RegistryAuthError,
+    RegistryError,
+    RegistryProtocolError,
+    RegistryUnavailable,
+)
 from .reference import Reference
 
 MAX_MANIFEST = 4 * 1024 * 1024   # the distribution spec's recommended limit
@@ -69,7 +75,7 @@ class RegistryClient:
 
     def __init__(self, ref: Reference, *, credentials: Credentials | None = None,
                  auth_file: str | os.PathLike | None = None, ca_file: str | None = None,
-                 insecure: bool = False, timeout: float = 30.0, retry: RetryPolicy = RetryPolicy(),
+                 insecure: bool = False, timeout: float = 30.0, retry: RetryPolicy | None = None,
                  workers: int = 4):
         self.ref = ref
         self.repository = ref.repository
@@ -80,7 +86,7 @@ class RegistryClient:
         if self.scheme == "https":
             self._ssl = ssl.create_default_context(cafile=ca_file)
         self.timeout = timeout
-        self.retry = retry
+        self.retry = retry or RetryPolicy()
         self.workers = workers
         self._token: dict[str, str] = {}   # scope -> Authorization header value
         self._lock = threading.Lock()
@@ -174,7 +180,7 @@ class RegistryClient:
             conn.close()
         self._idle.conns = {}
 
-    def __enter__(self) -> "RegistryClient":
+    def __enter__(self) -> RegistryClient:
         return self
 
     def __exit__(self, *exc) -> None:

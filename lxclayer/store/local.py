@@ -22,7 +22,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ import xxhash
 from .. import prealloc
 from ..digest import CHUNK, canonical, digest, seal, seal_tag, unseal
 from ..errors import StoreCorruption, UserError
-from ..fsio import atomic_write, fsync_dir, pid_alive, sha256_file
+from ..fsio import atomic_write, fsync_dir, pid_alive, rmtree, sha256_file
 from ..lock.model import Artifact
 from ..manifest import Entry
 from .base import Keep, Store, Swept
@@ -217,7 +216,7 @@ class LocalStore(Store):
             path.mkdir()
             yield path
         finally:
-            _rmtree(path)
+            rmtree(path)
             for leftover in (pending, Path(str(path) + ".lock")):
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
@@ -240,7 +239,7 @@ class LocalStore(Store):
                 continue
             try:
                 if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                    _rmtree(Path(str(lock)[: -len(".lock")]))
+                    rmtree(Path(str(lock)[: -len(".lock")]))
                     lock.unlink(missing_ok=True)
             finally:
                 os.close(fd)
@@ -272,7 +271,7 @@ class LocalStore(Store):
             if not pid_alive(pid):
                 stray.unlink(missing_ok=True)
         for dead in tmp.glob("dead-*"):
-            _rmtree(dead)
+            rmtree(dead)
 
     # --- blobs --------------------------------------------------------------------------------
 
@@ -511,7 +510,7 @@ class LocalStore(Store):
             os.rename(d, dead)
         except FileNotFoundError:
             return  # not there, or another run removed it first
-        _rmtree(dead)
+        rmtree(dead)
 
     def evict(self, damage: StoreCorruption, stack: list[LayerEntry]) -> None:
         """Remove what a damage report names: a layer entry, or a blob and every entry of
@@ -589,7 +588,7 @@ class LocalStore(Store):
                 if lockf.stem != "store" and lockf.stem not in keep.layers:
                     lockf.unlink(missing_ok=True)
             for d in (self.root / "tmp").glob("dead-*"):
-                _rmtree(d)
+                rmtree(d)
         return out
 
     def _describe(self, input_digest: str) -> tuple[str, str]:
@@ -621,20 +620,6 @@ def _stat_key(st: os.stat_result) -> list[int]:
     """What says a file is unchanged without reading it. The ctime is in it because a byte
     changed with the mtime put back (`touch -d`) still moves the ctime, which no user can set."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def _rmtree(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-
-    def onerror(func, p, exc):  # make read-only folders writable and retry
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-        with contextlib.suppress(OSError):
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
 
 
 Store.default = LocalStore
