@@ -12,35 +12,26 @@ the archive. The lock is read before and written after, as the mode says:
 
 from __future__ import annotations
 
-import enum
 import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import msgspec
-
-from . import compose as composer
-from . import hermetic, roots
+from . import hermetic, outputs, roots
 from .builders import builder
 from .builders.base import Context
 from .definitions import Layer, Project, rel
-from .digest import digest
 from .errors import BuildError, LockError, StoreCorruption
-from .inputs import Artifacts, InputRecord, explain, settings_digest, settings_of
+from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
+from .fsio import remove_stale_temporaries
+from .inputs import Artifacts
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
-from .sources import StatCache, cache_for, scan_sources
-from .store import LayerEntry, Store, remove_stale_temporaries
-
-
-class Mode(enum.Enum):
-    NORMAL = "normal"
-    LOCKED = "locked"
-    FROZEN = "frozen"
+from .outputs import ArchiveInfo, ExportJob
+from .sources import StatCache, cache_for
+from .store import LayerEntry, LayerMeta, Store
 
 
 @dataclass
@@ -52,18 +43,6 @@ class LayerPlan:
     input: str | None = None  # None: not known until a layer below or the pins are resolved
     output: str | None = None
     seconds: float = 0.0
-
-
-@dataclass
-class ArchiveInfo:
-    format: str
-    path: Path
-    sha256: str
-    size: int
-    chunks: int = 0
-    reused: int = 0
-    seconds: float = 0.0
-    composed: bool = True
 
 
 @dataclass
@@ -87,80 +66,23 @@ class Events:
     def warn(self, message: str) -> None: ...
 
 
-# --- evaluation ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Static:
-    sources: dict[str, str]
-    settings: str
-    settings_data: dict[str, Any]
-
-
-def _static(layer: Layer, project: Project, cache: StatCache | None = None) -> _Static:
-    sources = {p: s.lock_value() for p, s in scan_sources(layer.dir, project.root, cache).items()}
-    return _Static(sources=sources, settings=settings_digest(layer), settings_data=settings_of(layer))
-
-
-def _builder_id(layer: Layer) -> str:
-    return f"{layer.kind}/{builder(layer.kind).VERSION}"
-
-
-def _pins_reusable(layer: Layer, st: _Static, locked: LockedLayer | None, mode: Mode) -> bool:
-    if locked is None or locked.kind != layer.kind:
-        return False
-    if mode is Mode.FROZEN:
-        return True
-    return locked.settings == st.settings and locked.sources == st.sources
-
-
-def _record(layer: Layer, project: Project, st: _Static, artifacts: Artifacts,
-            resolved: dict[str, str], parents: list[str] | None) -> InputRecord:
-    return InputRecord(
-        kind=layer.kind, builder=_builder_id(layer), settings=st.settings,
-        arch=project.template.arch, source_date_epoch=project.template.source_date_epoch,
-        sources=st.sources, artifacts=artifacts, resolved=resolved, parents=parents,
-    )
-
-
-def template_definition_digest(project: Project) -> str:
-    t = project.template
-    return digest({"name": t.name, "version": t.version, "release": t.release, "arch": t.arch,
-                   "source_date_epoch": t.source_date_epoch, "layers": [la.name for la in project.layers]})
-
-
-def _old_settings(store: Store, locked: LockedLayer | None) -> dict[str, Any] | None:
-    """The settings of the locked build, if the store still has its record."""
-    if locked is None:
-        return None
-    try:
-        entry = store.lookup(locked.input)
-    except StoreCorruption:
-        return None
-    if entry is None:
-        return None
-    return entry.meta.record.get("settings_data")
+# --- plan and --locked, over the evaluator --------------------------------------------------------
 
 
 def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mode.NORMAL) -> list[LayerPlan]:
     """Per layer: `cached` or `build`, and why. Builds nothing and resolves nothing."""
     cache = cache_for(store.root, project.root) if store.root.is_dir() else None
+    ev = Evaluator(project, store, lock, mode, cache)
     out: list[LayerPlan] = []
     outputs: list[str | None] = []
     entries: list[LayerEntry | None] = []
     for i, layer in enumerate(project.layers):
         mod = builder(layer.kind)
-        st = _static(layer, project, cache)
-        locked = lock.layers.get(layer.name) if lock else None
+        locked = ev.locked(layer)
         p = LayerPlan(name=layer.name, kind=layer.kind, state="build")
         below_names = [la.name for la in project.layers[:i]]
-        locked_parents = _locked_outputs(lock, below_names)
         unknown_below = [n for n, o in zip(below_names, outputs, strict=True) if o is None]
-        if hasattr(mod, "resolve") and not _pins_reusable(layer, st, locked, mode):
-            artifacts = None
-        else:
-            artifacts = locked.artifacts if (locked and hasattr(mod, "resolve")) else {}
-        parents = list(outputs) if mod.READS_BELOW else None
+        artifacts = ev.locked_pins(layer)
         resolved: dict[str, str] | None = {}
         if hasattr(mod, "resolved_inputs"):
             if all(e is not None for e in entries):
@@ -168,23 +90,21 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
                 resolved = mod.resolved_inputs(ctx)
             else:
                 resolved = locked.resolved if locked else None
-        if artifacts is None or resolved is None or (parents is not None and unknown_below):
+        if artifacts is None or resolved is None or (ev.reads_below(layer) and unknown_below):
             # The input digest is not known before something else is built or resolved.
-            p.reasons = explain(
-                _record(layer, project, st, artifacts or {}, resolved or {}, None),
-                locked, None, below_names, _old_settings(store, locked), st.settings_data, complete=False,
-            ) if locked else ["new layer (not in the lock)"]
+            rec = ev.record(layer, artifacts or {}, resolved or {}, None)
+            p.reasons = ev.reasons(layer, rec, complete=False)
             if artifacts is None:
                 p.reasons.append("pins are resolved again")
-            if parents is not None and unknown_below:
+            if ev.reads_below(layer) and unknown_below:
                 p.reasons.append(f"layer below {unknown_below[-1]} is built first")
             p.reasons = _dedupe(p.reasons)
             out.append(p)
             outputs.append(None)
             entries.append(None)
             continue
-        rec = _record(layer, project, st, artifacts, resolved, parents)  # type: ignore[arg-type]
-        p.input = rec.digest()
+        drv = ev.derive(layer, artifacts, resolved, list(outputs))  # type: ignore[arg-type]
+        p.input = drv.input
         try:
             entry = store.lookup(p.input, layer=layer.name)
         except StoreCorruption as e:
@@ -192,14 +112,11 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
             p.reasons.append(f"store entry is damaged ({e.reason})")
         if entry is not None:
             p.state, p.output = "cached", entry.output
+        elif locked and locked.input == p.input:
+            p.output = locked.output
+            p.reasons.append("not in the store (the lock records it)")
         else:
-            if locked and locked.input == p.input:
-                p.output = locked.output
-                p.reasons.append("not in the store (the lock records it)")
-            else:
-                p.reasons.extend(explain(rec, locked, locked_parents, below_names,
-                                         _old_settings(store, locked), st.settings_data)
-                                 or ["not in the store"])
+            p.reasons.extend(ev.reasons(layer, drv.record) or ["not in the store"])
         out.append(p)
         outputs.append(p.output)
         entries.append(entry)
@@ -208,19 +125,13 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
     return out
 
 
-def _locked_outputs(lock: Lockfile | None, names: list[str]) -> list[str] | None:
-    """The output digests the lock records for `names` ("" for a layer it does not know)."""
-    if lock is None:
-        return None
-    return [lock.layers[n].output if n in lock.layers else "" for n in names]
-
-
 def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def check_locked(project: Project, store: Store, lock: Lockfile | None, cache: StatCache | None = None) -> None:
+def check_locked(ev: Evaluator) -> None:
     """Under --locked: refuse, listing every difference, unless the lock describes this build."""
+    project, lock = ev.project, ev.lock
     shown = rel(project.lock_file, project.root)
     if lock is None:
         raise LockError("no lockfile: run `lxclayer lock` (or a build without --locked) first", file=shown)
@@ -240,25 +151,14 @@ def check_locked(project: Project, store: Store, lock: Lockfile | None, cache: S
         problems.extend(f"layer {n}: removed" for n in gone)
         if not added and not gone:
             problems.append(f"layer order: {' '.join(lock.layers)} -> {' '.join(names)}")
-    for i, layer in enumerate(project.layers):
-        locked = lock.layers.get(layer.name)
-        if locked is None:
+    for layer in project.layers:
+        drv = ev.from_lock(layer)
+        if drv is None or drv.input == lock.layers[layer.name].input:
             continue
-        mod = builder(layer.kind)
-        st = _static(layer, project, cache)
-        below = project.layers[:i]
-        parents = _locked_outputs(lock, [b.name for b in below])
-        rec = _record(layer, project, st, locked.artifacts if hasattr(mod, "resolve") else {},
-                      locked.resolved, parents if mod.READS_BELOW else None)
-        if hasattr(mod, "resolve") and not _pins_reusable(layer, st, locked, Mode.NORMAL):
-            rec = msgspec.structs.replace(rec, artifacts={})
-        if rec.digest() != locked.input:
-            why = explain(rec, locked, parents, [b.name for b in below],
-                          _old_settings(store, locked), st.settings_data)
-            # A parent's change is reported at the parent; a layer with no change of its own
-            # is not listed.
-            why = [w for w in why if not w.startswith("layer below ")] or []
-            problems.extend(f"layer {layer.name}: {w}" for w in why)
+        # A parent's change is reported at the parent; a layer with no change of its own is
+        # not listed.
+        why = [w for w in ev.reasons(layer, drv.record) if not w.startswith("layer below ")]
+        problems.extend(f"layer {layer.name}: {w}" for w in why)
     if problems:
         raise LockError(
             "the lock does not describe this build (run `lxclayer lock` to update it):\n  "
@@ -292,13 +192,13 @@ def _lookup(store: Store, digest_: str, layer: Layer, mode: Mode, events: Events
 
 
 def realise_layer(project: Project, layer: Layer, store: Store, below: list[LayerEntry], lock: Lockfile | None,
-                  mode: Mode, offline: bool, events: Events,
-                  cache: StatCache | None = None) -> tuple[LayerEntry, LayerPlan]:
+                  mode: Mode, offline: bool, events: Events, cache: StatCache | None = None,
+                  ev: Evaluator | None = None) -> tuple[LayerEntry, LayerPlan]:
+    """Find `layer` in the store, or build it there: resolve its pins if the lock's no longer
+    hold, derive its input digest from them and the layers `below`, build if missing."""
+    ev = ev or Evaluator(project, store, lock, mode, cache)
     mod = builder(layer.kind)
-    st = _static(layer, project, cache)
-    locked = lock.layers.get(layer.name) if lock else None
-    i = project.layers.index(layer)
-    below_names = [la.name for la in project.layers[:i]]
+    locked = ev.locked(layer)
     p = LayerPlan(name=layer.name, kind=layer.kind, state="build")
     t0 = time.monotonic()
 
@@ -307,43 +207,33 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
 
     with store.staging(f"build-{layer.name}") as work:
         ctx = _context(layer, project, store, below, {}, work, mode, offline, log)
-        artifacts: Artifacts = {}
-        if hasattr(mod, "resolve"):
-            if _pins_reusable(layer, st, locked, mode):
-                artifacts = locked.artifacts  # type: ignore[union-attr]
-            else:
-                if mode is Mode.LOCKED:
-                    raise LockError(f"layer {layer.name}: pins are not in the lock",
-                                    file=rel(project.lock_file, project.root))
-                events.log(layer.name, "resolving pins")
-                with hermetic.fixed_umask():  # resolving runs programs in a chroot it writes into
-                    artifacts = mod.resolve(ctx)
+        artifacts = ev.locked_pins(layer)
+        if artifacts is None:
+            if mode is Mode.LOCKED:
+                raise LockError(f"layer {layer.name}: pins are not in the lock",
+                                file=rel(project.lock_file, project.root))
+            events.log(layer.name, "resolving pins")
+            with hermetic.fixed_umask():
+                artifacts = mod.resolve(ctx)
         ctx.artifacts = artifacts
         resolved = mod.resolved_inputs(ctx) if hasattr(mod, "resolved_inputs") else {}
-        parents = [e.output for e in below] if mod.READS_BELOW else None
-        rec = _record(layer, project, st, artifacts, resolved, parents)
-        p.input = rec.digest()
+        drv = ev.derive(layer, artifacts, resolved, [e.output for e in below])
+        p.input = drv.input
         if mode is Mode.LOCKED and locked is not None and p.input != locked.input:
-            why = explain(rec, locked, _locked_outputs(lock, below_names), below_names,
-                          _old_settings(store, locked), st.settings_data)
+            why = ev.reasons(layer, drv.record)
             raise LockError(f"layer {layer.name}: inputs differ from the lock: {'; '.join(why)}",
                             file=rel(project.lock_file, project.root))
         entry = _lookup(store, p.input, layer, mode, events)
         if entry is None:
-            p.reasons = explain(rec, locked, _locked_outputs(lock, below_names), below_names,
-                                _old_settings(store, locked), st.settings_data) or ["not in the store"]
+            p.reasons = ev.reasons(layer, drv.record) or ["not in the store"]
             events.layer_start(p)
             with store.layer_lock(p.input):
                 entry = _lookup(store, p.input, layer, mode, events)  # built meanwhile by another run?
                 if entry is None:
-                    with hermetic.fixed_umask():  # lxclayer's own writes into the tree, too
+                    with hermetic.fixed_umask():
                         result = mod.realise(ctx)
-                    meta_record = msgspec.to_builtins(rec)
-                    meta_record["settings_data"] = st.settings_data
-                    from .store import LayerMeta
-
-                    meta = LayerMeta(input=p.input, output="", kind=layer.kind, builder=_builder_id(layer),
-                                     layer=layer.name, record=meta_record,
+                    meta = LayerMeta(input=p.input, output="", kind=layer.kind, builder=builder_id(layer),
+                                     layer=layer.name, record=drv.meta_record(),
                                      # The lock records the pins that went into the input digest;
                                      # a builder without pins may still report what it installed.
                                      artifacts=artifacts if hasattr(mod, "resolve") else result.artifacts)
@@ -380,10 +270,11 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
     # Formats built now, plus those of the old lock that were not built this time, as long as
     # the stack is unchanged (`build --format tar.zst` must not drop the lock's tar.gz).
     archives_map = {a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size) for a in archives}
-    compressors = {a.format: composer.compressor_id(a.format) for a in archives}
+    compressors = {a.format: outputs.exporter(a.format).compressor() for a in archives}
     if old is not None and [la.output for la in old.layers.values()] == [la.output for la in layers.values()]:
         for fmt, arch in old.template.archives.items():
-            if fmt not in archives_map and old.template.compressor.get(fmt) == composer.compressor_id(fmt):
+            if (fmt not in archives_map and fmt in outputs.FORMATS
+                    and old.template.compressor.get(fmt) == outputs.exporter(fmt).compressor()):
                 archives_map[fmt] = arch
                 compressors[fmt] = old.template.compressor[fmt]
     archives_map = dict(sorted(archives_map.items()))
@@ -398,10 +289,6 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
         ),
         layers=layers,
     )
-
-
-def archive_path(project: Project, out_dir: Path, fmt: str) -> Path:
-    return out_dir / f"{project.template.basename}.{fmt}"
 
 
 def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: bool = False,
@@ -422,28 +309,31 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
         # sharing the store, keeps what it names (a root whose lockfile never appears is dead).
         roots.register(store.root, lock_path)
         cache = cache_for(store.root, project.root)
+        ev = Evaluator(project, store, lock, mode, cache)
         if mode is Mode.LOCKED:
-            check_locked(project, store, lock, cache)
+            check_locked(ev)
         pins_from = None if ignore_lock_pins else lock
+        if ignore_lock_pins:
+            ev = Evaluator(project, store, None, mode, cache)
         for attempt in range(3):
             try:
                 entries: list[LayerEntry] = []
                 plans: list[LayerPlan] = []
                 for layer in project.layers:
                     entry, p = realise_layer(project, layer, store, entries, pins_from, mode, offline, events,
-                                             cache)
+                                             cache, ev)
                     entries.append(entry)
                     plans.append(p)
                     events.layer_done(p)
                 tree = _checked_tree(entries, project.template.source_date_epoch)
-                archives = [_compose_one(project, store, tree, fmt, out_dir, entries, jobs, events)
+                archives = [_export(project, store, tree, fmt, out_dir, entries, jobs, events)
                             for fmt in formats]
                 break
             except StoreCorruption as e:
                 if mode is Mode.LOCKED or attempt == 2:
                     raise
                 events.warn(f"{e.message()}: removing the damaged entry and building again")
-                _evict(store, e, entries)
+                store.evict(e, entries)
         if mode is Mode.LOCKED and lock is not None:
             for a in archives:
                 want = lock.template.archives.get(a.format)
@@ -489,40 +379,11 @@ def _members(entries):
         yield Member(name=member_name(e), type=e.type, uid=e.uid, gid=e.gid, mode=e.mode,
                      size=e.size, linkname=e.target, xattrs=tuple(e.xattrs))
 
-
-def _evict(store: Store, e: StoreCorruption, stack: list[LayerEntry]) -> None:
-    """Remove what a damage report names: a layer entry, or a blob and every entry of the
-    stack that refers to it, so that the next attempt builds them again."""
-    path = Path(e.entry)
-    if path.parent.name == "layers":
-        store.remove_entry(path.name)
-    elif path.parent.parent.name == "blobs":
-        path.unlink(missing_ok=True)
-        for entry in stack:
-            if any(x.hash == path.name for x in entry.entries):
-                store.remove_entry(entry.input)
-
-
-def _compose_one(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
-                 entries: list[LayerEntry], jobs: int | None, events: Events) -> ArchiveInfo:
-    path = archive_path(project, out_dir, fmt)
-    key = digest({"outputs": [e.output for e in entries], "fmt": fmt, "compressor": composer.compressor_id(fmt),
-                  "mtime": project.template.source_date_epoch})
-    t0 = time.monotonic()
-    known = store.composed(key)
-    if known is not None and store.output_matches(key, path, known):
-        info = ArchiveInfo(format=fmt, path=path, sha256=known["sha256"], size=known["size"], composed=False)
-        events.compose_done(info)
-        return info
-    events.compose_start(fmt, path)
-    res = composer.compose(tree(), path, fmt, store, mtime=project.template.source_date_epoch, jobs=jobs,
-                           progress=lambda n, r: events.compose_progress(fmt, n, r))
-    sha_file = path.with_name(path.name + ".sha256")
-    from .store import atomic_write
-
-    atomic_write(sha_file, f"{res.sha256}  {path.name}\n".encode())
-    store.record_composed(key, path, res.sha256, res.size)
-    info = ArchiveInfo(format=fmt, path=path, sha256=res.sha256, size=res.size, chunks=res.chunks,
-                       reused=res.reused, seconds=time.monotonic() - t0)
+def _export(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
+            entries: list[LayerEntry], jobs: int | None, events: Events) -> ArchiveInfo:
+    job = ExportJob(template=project.template, store=store, layers=entries, tree=tree, out_dir=out_dir,
+                    jobs=jobs, progress=lambda n, r: events.compose_progress(fmt, n, r),
+                    started=lambda path: events.compose_start(fmt, path))
+    info = outputs.exporter(fmt).export(job)
     events.compose_done(info)
     return info

@@ -30,7 +30,6 @@ import xxhash
 import zstandard
 
 from . import prealloc, tarformat
-from .digest import seal_tag, unseal
 from .errors import BuildError
 from .manifest import Entry
 from .store import Store
@@ -143,39 +142,6 @@ class ComposeResult:
     raw_size: int = 0
 
 
-class _ChunkCache:
-    """Compressed chunks in the store, each sealed with the xxh3-128 of its name and bytes, so
-    that a damaged chunk, or a valid chunk under another chunk's name, is never used."""
-
-    def __init__(self, store: Store, fmt: str):
-        self.store = store
-        self.fmt = fmt
-
-    def get(self, key: str) -> bytes | None:
-        name = f"{self.fmt}-{key}"
-        path = self.store.chunk_path(name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        payload = unseal(data, name.encode())
-        if payload is None:
-            path.unlink(missing_ok=True)  # damaged or misplaced: made again below
-        return payload
-
-    def put(self, key: str, payload: bytes) -> None:
-        name = f"{self.fmt}-{key}"
-        path = self.store.chunk_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = self.store.root / "tmp" / f"{os.urandom(8).hex()}.part-{os.getpid()}"
-        try:
-            prealloc.write_new(part, seal_tag(payload, name.encode()), payload)
-            os.replace(part, path)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-
-
 def chunk_bytes(chunk: Chunk, store: Store) -> bytearray:
     """The chunk's tar bytes, read into one buffer of exactly its size: headers are copied in,
     file contents are read straight into place (and checked against their hash)."""
@@ -206,11 +172,11 @@ def compress_chunk(fmt: str, chunk: Chunk, store: Store) -> bytes:
 
 def _remove_abandoned(out: Path) -> None:
     """Partial archives of killed builds (never read, but clutter)."""
-    from .store import _pid_alive
+    from .fsio import pid_alive
 
     for part in out.parent.glob(f".{out.name}.*.part"):
         pid = part.name[len(out.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             part.unlink(missing_ok=True)
 
 
@@ -220,7 +186,6 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
     if fmt not in FORMATS:
         raise BuildError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     jobs = jobs or os.cpu_count() or 1
-    cache = _ChunkCache(store, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(out)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".part")
@@ -230,11 +195,12 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
 
     def produce(chunk: Chunk) -> tuple[bytes, bool]:
         """A chunk's compressed bytes from the cache, or compressed now (and cached)."""
-        cached = cache.get(chunk.key)
+        name = f"{fmt}-{chunk.key}"
+        cached = store.get_chunk(name)
         if cached is not None:
             return cached, True
         payload = compress_chunk(fmt, chunk, store)
-        cache.put(chunk.key, payload)
+        store.put_chunk(name, payload)
         return payload, False
 
     # Chunks are read or compressed on all cores; one writer thread appends them in order and

@@ -11,39 +11,22 @@ read (it might pin anything). Holds the store exclusively, so no build runs mean
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import compose as composer
+from . import outputs, snapshots
 from . import roots as gcroots
-from .digest import digest
 from .errors import StoreCorruption, UserError
 from .lock import toml as locktoml
-from .manifest import merge
-from .store import Store, _rmtree
+from .store import Keep, Store, Swept
 
 
 @dataclass
-class GcResult:
-    layers: int = 0
-    blobs: int = 0
-    chunks: int = 0
-    artifacts: int = 0
-    freed: int = 0
-    kept: int = 0
+class GcResult(Swept):
     live_roots: list[Path] = field(default_factory=list)
     dead_roots: list[Path] = field(default_factory=list)
-    # (input digest, layer name it was built for, kind, size): the entries freed, and why
-    freed_entries: list[tuple[str, str, str, int]] = field(default_factory=list)
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+    snapshots: int = 0  # snapshots freed (they go with their entries)
+    snapshot_bytes: int = 0  # what the snapshots kept take on disk
 
 
 def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
@@ -58,11 +41,7 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
     with store.session(exclusive=True):
         for lock_file in project_locks:
             gcroots.register(store.root, lock_file)
-        keep_layers: set[str] = set()
-        keep_blobs: set[str] = set()
-        keep_artifacts: set[str] = set()
-        keep_chunks: set[str] = set()
-        keep_composed: set[str] = set()
+        keep = Keep()
         for root in gcroots.roots(store.root):
             if not root.live:
                 res.dead_roots.append(root.lock_file)
@@ -75,7 +54,7 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
                 continue
             stack = []
             for locked in lock.layers.values():
-                keep_layers.add(locked.input)
+                keep.layers.add(locked.input)
                 try:
                     entry = store.lookup(locked.input)
                 except StoreCorruption:
@@ -83,63 +62,24 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
                 if entry is None:
                     continue
                 stack.append(entry)
-                keep_blobs.update(e.hash for e in entry.entries if e.type == "file")
+                keep.blobs.update(e.hash for e in entry.entries if e.type == "file")
                 for group in entry.meta.artifacts.values():
-                    keep_artifacts.update(a.sha256 for a in group.values())
+                    keep.artifacts.update(a.sha256 for a in group.values())
             if len(stack) != len(lock.layers):
                 continue  # the stack is incomplete: its chunks cannot be named, and are not needed
-            merged = merge((e.entries for e in stack), mtime=lock.template.source_date_epoch)
             for fmt in lock.template.archives:
-                keep_chunks.update(f"{fmt}-{c.key}" for c in composer.plan_chunks(
-                    merged, fmt, lock.template.source_date_epoch))
-                keep_composed.add(digest({"outputs": [e.output for e in stack], "fmt": fmt,
-                                          "compressor": composer.compressor_id(fmt),
-                                          "mtime": lock.template.source_date_epoch}))
-        res.kept = len(keep_layers & set(store.entries()))
-        for name in list(store.entries()):
-            if name not in keep_layers:
-                d = store.layer_dir(name)
-                size = _size(d)
-                res.layers += 1
-                res.freed += size
-                layer, kind = _describe(store, name)
-                res.freed_entries.append((name, layer, kind, size))
-                if not dry_run:
-                    store.remove_entry(name)
-        for sub, keep, attr in (("blobs", keep_blobs, "blobs"), ("artifacts", keep_artifacts, "artifacts"),
-                                ("chunks", keep_chunks, "chunks")):
-            base = store.root / sub
-            if not base.is_dir():
-                continue
-            for f in base.glob("*/*"):
-                # kept only where it is looked for (chunks of an older layout are freed)
-                if f.name in keep and (sub != "chunks" or f == store.chunk_path(f.name)):
-                    continue
-                setattr(res, attr, getattr(res, attr) + 1)
-                res.freed += _size(f)
-                if not dry_run:
-                    f.unlink(missing_ok=True)
-        composed = store.root / "composed"
-        if composed.is_dir() and not dry_run:
-            for f in composed.glob("*.json"):
-                if f.stem not in keep_composed:
-                    f.unlink(missing_ok=True)
+                if fmt in outputs.FORMATS:
+                    outputs.exporter(fmt).keep(stack, lock.template.source_date_epoch, keep)
+        swept = store.sweep(keep, dry_run=dry_run)
+        for f in fields(Swept):
+            setattr(res, f.name, getattr(swept, f.name))
+        gone = snapshots.unneeded(store, keep.layers)  # snapshots go with their entries
+        res.snapshots = len(gone)
         if not dry_run:
-            for lockf in (store.root / "locks").glob("*.lock"):
-                if lockf.stem != "store" and lockf.stem not in keep_layers:
-                    lockf.unlink(missing_ok=True)
-            for d in (store.root / "tmp").glob("dead-*"):
-                _rmtree(d)
+            for name in gone:
+                snapshots.remove(store, name)
+        res.snapshot_bytes = snapshots.disk_usage(store, skip=gone)
+        if not dry_run:
             gcroots.clean_temporaries(store.root)
     return res
 
-
-def _describe(store: Store, input_digest: str) -> tuple[str, str]:
-    """The layer name and kind an entry was built for, as far as its record says."""
-    try:
-        entry = store.lookup(input_digest)
-    except StoreCorruption:
-        return "?", "damaged"
-    if entry is None:
-        return "?", "?"
-    return entry.meta.layer or "?", entry.meta.kind

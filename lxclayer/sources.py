@@ -89,7 +89,7 @@ class StatCache:
 
     def save(self) -> None:
         if self.path is not None and self.dirty:
-            from .store import atomic_write
+            from .fsio import atomic_write
 
             atomic_write(self.path, seal(msgspec.msgpack.encode(self.entries)))
             self.dirty = False

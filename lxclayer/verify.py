@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from . import hermetic
-from .build import Events, Mode, realise_layer
+from .build import Events, Mode, _context, realise_layer
 from .builders import builder
 from .definitions import Project
 from .errors import DefinitionError, StoreCorruption
@@ -111,7 +111,7 @@ def verify_rebuild(project: Project, store: Store, names: list[str], events: Eve
         for i, layer in enumerate(project.layers):
             if names and layer.name not in names:
                 continue
-            from .build import _context
+
 
             mod = builder(layer.kind)
             pins = msgspec.convert(entries[i].meta.record.get("artifacts", {}), Artifacts)

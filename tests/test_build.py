@@ -219,7 +219,7 @@ def test_zstd_output_on_request(project_dir, store_dir):
 def test_noop_needs_no_hashing_when_projects_share_a_store(tmp_path, monkeypatch):
     """Two checkouts of one template share a store: each keeps its own archive's stat, so a
     no-op build in either reads nothing back."""
-    from lxclayer import store as store_mod
+    from lxclayer.store import local as store_mod
 
     from .conftest import write_project
 

@@ -660,7 +660,7 @@ def test_apt_key_pinned_by_fingerprint(tmp_path):
     ('kind = "uv"\nuv_version = "0.13.9"\n[venvs.a]\npath = "/opt/a"\nrequirements = "a.in"\n'
      '[venvs.b]\npath = "/opt/a/b"\nrequirements = "a.in"\n', {"a.in": b""}, "venvs.b.path", "overlaps venv 'a'"),
     ('kind = "uv"\nuv_version = "0.13.9"\n[venvs.a]\npath = "/opt/a"\nrequirement = "a.in"\n', {"a.in": b""},
-     "venvs[...].requirement", "unknown key"),  # the loader's name for a key inside a table of tables
+     "venvs.\"a\".requirement", "unknown key"),  # the whole key, inside a table of tables
 ])
 def test_script_and_uv_settings_errors(tmp_path, top, files, key, reason):
     err = load_error(tmp_path, top, files)

@@ -126,7 +126,7 @@ def dumps(lock: Lockfile) -> str:
 
 def write(path: Path, lock: Lockfile) -> None:
     """Write the lockfile atomically: a reader sees the old file or the new one."""
-    from ..store import atomic_write
+    from ..fsio import atomic_write
 
     atomic_write(Path(path), dumps(lock).encode("utf-8"))
 

@@ -1,4 +1,4 @@
-"""The content-addressed store.
+"""The local store: the content-addressed store on this machine's disk.
 
 Layout under the store root:
 
@@ -16,13 +16,13 @@ checks its hash. Builds hold the store lock shared, `gc` holds it exclusive; bui
 holds that layer's lock, so two concurrent builds of the same layer build it once.
 """
 
+from __future__ import annotations
+
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
-import shutil
-import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,13 @@ from typing import Any
 import msgspec
 import xxhash
 
-from .digest import CHUNK, canonical, digest, seal, unseal
-from .errors import StoreCorruption, UserError
-from .lock.model import Artifact
-from .manifest import Entry
+from .. import prealloc
+from ..digest import CHUNK, canonical, digest, seal, seal_tag, unseal
+from ..errors import StoreCorruption, UserError
+from ..fsio import atomic_write, fsync_dir, pid_alive, rmtree, sha256_file
+from ..lock.model import Artifact
+from ..manifest import Entry
+from .base import Keep, Store, Swept
 
 STORE_FORMAT = "1"
 
@@ -114,55 +117,7 @@ def default_root() -> Path:
     return Path(cache) / "lxclayer" / "store"
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = False) -> None:
-    """Write `path` so that a reader sees the old file or the whole new one, never a part.
-
-    `durable` also survives a power cut (fsync), at the price of flushing whatever else was
-    written to the file system just before: use it for what later runs trust without checking."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The pid in the name lets a later run remove what a killed one left (remove_stale_temporaries).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Remove the temporary files of `atomic_write` that a killed process left in `folder`
-    (`.NAME.PID.XXXX.tmp` whose PID is gone)."""
-    try:
-        candidates = list(folder.glob(".*.tmp"))
-    except OSError:
-        return
-    for tmp in candidates:
-        parts = tmp.name.split(".")
-        # ["", NAME..., PID, RANDOM, "tmp"]
-        if len(parts) >= 5 and parts[-3].isdigit() and not _pid_alive(int(parts[-3])):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-
-
-class Store:
+class LocalStore(Store):
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_root()
         self._shared_fd: int | None = None
@@ -208,7 +163,7 @@ class Store:
     # --- locking ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def session(self, exclusive: bool = False) -> Iterator["Store"]:
+    def session(self, exclusive: bool = False) -> Iterator[LocalStore]:
         """Hold the store for a build (shared) or for gc (exclusive); clean stale staging."""
         self._init()
         fd = os.open(self.root / "locks" / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -261,7 +216,7 @@ class Store:
             path.mkdir()
             yield path
         finally:
-            _rmtree(path)
+            rmtree(path)
             for leftover in (pending, Path(str(path) + ".lock")):
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
@@ -284,13 +239,19 @@ class Store:
                 continue
             try:
                 if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                    _rmtree(Path(str(lock)[: -len(".lock")]))
+                    rmtree(Path(str(lock)[: -len(".lock")]))
                     lock.unlink(missing_ok=True)
             finally:
                 os.close(fd)
         for stray in [*tmp.glob("*.part-*"), *tmp.glob(".pending-*")]:
             if stray.name.startswith(".pending-"):
-                # a lock file between its creation and its rename: stale only if nobody holds it
+                # A lock file between its creation and its rename (microseconds; its maker may not
+                # have locked it yet): stale only when old and unlocked.
+                try:
+                    if time.time() - stray.stat().st_mtime < 60:
+                        continue
+                except FileNotFoundError:
+                    continue
                 try:
                     fd = os.open(stray, os.O_RDWR | os.O_CLOEXEC)
                 except FileNotFoundError:
@@ -307,10 +268,10 @@ class Store:
                 pid = int(stray.name.rsplit("-", 1)[1])
             except ValueError:
                 continue
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 stray.unlink(missing_ok=True)
         for dead in tmp.glob("dead-*"):
-            _rmtree(dead)
+            rmtree(dead)
 
     # --- blobs --------------------------------------------------------------------------------
 
@@ -506,14 +467,6 @@ class Store:
             if sha256_file(path) != known["sha256"]:
                 return False
             self.record_composed(key, path, known["sha256"], known["size"])
-        sha_file = path.with_name(path.name + ".sha256")
-        want = f"{known['sha256']}  {path.name}\n".encode()
-        try:
-            have = sha_file.read_bytes()
-        except OSError:
-            have = b""
-        if have != want:
-            atomic_write(sha_file, want)
         return True
 
     def publish(self, meta: LayerMeta, entries: list[Entry]) -> LayerEntry:
@@ -546,7 +499,7 @@ class Store:
                 except StoreCorruption:
                     self.remove_entry(meta.input)
                     os.rename(d, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return LayerEntry(meta, entries)
 
     def remove_entry(self, input_digest: str) -> None:
@@ -557,12 +510,110 @@ class Store:
             os.rename(d, dead)
         except FileNotFoundError:
             return  # not there, or another run removed it first
-        _rmtree(dead)
+        rmtree(dead)
+
+    def evict(self, damage: StoreCorruption, stack: list[LayerEntry]) -> None:
+        """Remove what a damage report names: a layer entry, or a blob and every entry of
+        `stack` that refers to it, so that they are built again."""
+        path = Path(damage.entry)
+        if path.parent.name == "layers":
+            self.remove_entry(path.name)
+        elif path.parent.parent.name == "blobs":
+            path.unlink(missing_ok=True)
+            for entry in stack:
+                if any(x.hash == path.name for x in entry.entries):
+                    self.remove_entry(entry.input)
+
+    # --- compressed archive chunks --------------------------------------------------------------
+
+    def get_chunk(self, name: str) -> bytes | None:
+        """The chunk stored as `name`, or None; sealed with its name and bytes, so a damaged
+        chunk, or a valid one under another chunk's name, is removed and reported absent."""
+        path = self.chunk_path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        payload = unseal(data, name.encode())
+        if payload is None:
+            path.unlink(missing_ok=True)
+        return payload
+
+    def put_chunk(self, name: str, payload: bytes) -> None:
+        path = self.chunk_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = self._part()
+        try:
+            prealloc.write_new(part, seal_tag(payload, name.encode()), payload)
+            os.replace(part, path)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+
+    # --- garbage collection ---------------------------------------------------------------------
+
+    def sweep(self, keep: Keep, *, dry_run: bool = False) -> Swept:
+        """Remove every layer entry, blob, artifact, chunk and composed record `keep` does not
+        name (call under `session(exclusive=True)`). Returns what was (or would be) freed."""
+        out = Swept()
+        for name in list(self.entries()):
+            if name in keep.layers:
+                out.kept += 1
+                continue
+            d = self.layer_dir(name)
+            size = _size(d)
+            out.layers += 1
+            out.freed += size
+            out.freed_entries.append((name, *self._describe(name), size))
+            if not dry_run:
+                self.remove_entry(name)
+        for sub, names in (("blobs", keep.blobs), ("artifacts", keep.artifacts), ("chunks", keep.chunks)):
+            base = self.root / sub
+            if not base.is_dir():
+                continue
+            for f in base.glob("*/*"):
+                # kept only where it is looked for (chunks of an older layout are freed)
+                if f.name in names and (sub != "chunks" or f == self.chunk_path(f.name)):
+                    continue
+                setattr(out, sub, getattr(out, sub) + 1)
+                out.freed += _size(f)
+                if not dry_run:
+                    f.unlink(missing_ok=True)
+        if not dry_run:
+            composed = self.root / "composed"
+            for f in composed.glob("*.json") if composed.is_dir() else []:
+                if f.stem not in keep.composed:
+                    f.unlink(missing_ok=True)
+            for lockf in (self.root / "locks").glob("*.lock"):
+                if lockf.stem != "store" and lockf.stem not in keep.layers:
+                    lockf.unlink(missing_ok=True)
+            for d in (self.root / "tmp").glob("dead-*"):
+                rmtree(d)
+        return out
+
+    def _describe(self, input_digest: str) -> tuple[str, str]:
+        """The layer name and kind an entry was built for, as far as its record says."""
+        try:
+            entry = self.lookup(input_digest)
+        except StoreCorruption:
+            return "?", "damaged"
+        if entry is None:
+            return "?", "?"
+        return entry.meta.layer or "?", entry.meta.kind
 
     def entries(self) -> Iterator[str]:
         d = self.root / "layers"
         if d.is_dir():
             yield from sorted(p.name for p in d.iterdir())
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _stat_key(st: os.stat_result) -> list[int]:
@@ -571,36 +622,4 @@ def _stat_key(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            block = f.read(CHUNK)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _rmtree(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-
-    def onerror(func, p, exc):  # make read-only folders writable and retry
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-        with contextlib.suppress(OSError):
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
+Store.default = LocalStore

@@ -1,0 +1,268 @@
+"""Snapshots: a store entry unpacked once into a plain directory, as an overlayfs layer.
+
+Part of realisation (issue 11). A program layer is to run in an overlay mount whose lower
+directories are the snapshots of the layers below, so that only the overlay's upper directory
+has to be scanned. A snapshot is a *cache* of a store entry, never the truth:
+
+- it lives beside the store's entries, in ``<store>/snapshots/<input digest>/`` holding
+  ``root/`` (the layer's own entries: whiteouts as char 0:0 devices, owners, modes, xattrs and
+  device nodes as they are) and ``index`` (per path: type, mode, owner, size, ctime, inode);
+- it is made in ``<store>/snapshots/.tmp-<pid>-<n>/`` and appears by one ``rename``, so a
+  killed build leaves only a ``.tmp-*`` folder that nothing trusts (and :func:`ensure` sweeps);
+- before use, :func:`ensure` compares every path's ``lstat`` against the index (no content is
+  read): a snapshot changed behind lxclayer's back (a file edited, added or removed, a changed
+  owner or mode) fails the check, is removed and made again from the store entry;
+- file contents are copied, never hard-linked into the store's blobs (a program running on the
+  overlay could otherwise change a blob through a lower layer's inode).
+
+A directory the layer only implies (``implicit``, or a missing parent) takes the owner, mode,
+xattrs and mtime of that directory in the stack below: overlayfs shows the topmost directory's
+attributes, and the manifest says such a directory does not change them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import msgspec
+
+from .errors import BuildError
+from .fsio import pid_alive, rmtree
+from .manifest import Entry, parent_of, sort_key
+from .materialise import materialise
+from .store import Store
+
+SNAPSHOTS = "snapshots"
+INDEX = "index"
+ROOT = "root"
+
+
+class Stat(msgspec.Struct, array_like=True, frozen=True):
+    """What the cheap check compares for one path (ctime changes with any write, chmod, chown,
+    xattr change or rename; the inode with a delete and re-create)."""
+
+    fmt: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    ctime_ns: int
+    ino: int
+
+
+class Index(msgspec.Struct, frozen=True):
+    output: str  # the store entry's output digest this snapshot was made from
+    paths: dict[str, Stat]
+
+
+_index_enc = msgspec.msgpack.Encoder()
+_index_dec = msgspec.msgpack.Decoder(Index)
+_counter = itertools.count()
+
+
+def snapshots_dir(store: Store) -> Path:
+    return store.root / SNAPSHOTS
+
+
+def snapshot_dir(store: Store, input_digest: str) -> Path:
+    return snapshots_dir(store) / input_digest
+
+
+def take_index(root: Path) -> dict[str, Stat]:
+    """`lstat` of every path below `root` (and `root` itself, as "")."""
+    out: dict[str, Stat] = {}
+
+    def add(path: str, st: os.stat_result) -> None:
+        out[path] = Stat(stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                         st.st_size if stat.S_ISREG(st.st_mode) else 0, st.st_ctime_ns, st.st_ino)
+
+    add("", os.lstat(root))
+    stack = [(str(root), "")]
+    while stack:
+        dirpath, rel = stack.pop()
+        with os.scandir(dirpath) as it:
+            for d in it:
+                path = f"{rel}/{d.name}" if rel else d.name
+                st = d.stat(follow_symlinks=False)
+                add(path, st)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((d.path, path))
+    return out
+
+
+def layer_entries(entries: list[Entry], lower: Callable[[str], Entry | None], *, mtime: int) -> list[Entry]:
+    """The layer's entries as its overlay layer holds them: implicit and missing parent
+    directories carry the attributes of the stack below (`lower(path)`), else 0755 root."""
+    by_path = {e.path: e for e in entries}
+    out: dict[str, Entry] = {}
+
+    def implied(path: str) -> Entry:
+        below = lower(path)
+        if below is not None and below.type == "dir":
+            return msgspec.structs.replace(below, implicit=False)
+        return Entry(path=path, type="dir", mode=0o755, mtime=mtime)
+
+    for e in entries:
+        p = parent_of(e.path)
+        while p and p not in by_path and p not in out:
+            out[p] = implied(p)
+            p = parent_of(p)
+        out[e.path] = implied(e.path) if e.type == "dir" and e.implicit else e
+    return sorted(out.values(), key=lambda e: sort_key(e.path))
+
+
+def make(store: Store, input_digest: str, output: str, entries: list[Entry],
+         lower: Callable[[str], Entry | None], *, mtime: int) -> Path:
+    """Unpack `entries` into a new snapshot and publish it atomically; returns its root."""
+    base = snapshots_dir(store)
+    base.mkdir(exist_ok=True)
+    tmp = base / f".tmp-{os.getpid()}-{next(_counter)}"
+    rmtree(tmp)
+    try:
+        tmp.mkdir()
+        root = tmp / ROOT
+        tree = layer_entries(entries, lower, mtime=mtime)
+        materialise([e for e in tree if e.type != "whiteout"], root, store)
+        for e in tree:
+            if e.type == "whiteout":
+                p = root / e.path
+                os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        for e in (e for e in reversed(tree) if e.type == "dir"):  # mknod changed parents' mtimes
+            os.utime(root / e.path, (e.mtime, e.mtime), follow_symlinks=False)
+        os.utime(root, (mtime, mtime))
+        index = Index(output=output, paths=take_index(root))
+        (tmp / INDEX).write_bytes(_index_enc.encode(index))
+        final = snapshot_dir(store, input_digest)
+        rmtree(final)
+        os.rename(tmp, final)
+    except OSError as e:
+        rmtree(tmp)
+        raise BuildError(f"cannot make the snapshot of layer {input_digest[:16]}: {e.strerror or e}") from None
+    except BaseException:
+        rmtree(tmp)
+        raise
+    return final / ROOT
+
+
+def check(store: Store, input_digest: str, output: str) -> str | None:
+    """None if the snapshot is usable, else why not (reads only metadata)."""
+    d = snapshot_dir(store, input_digest)
+    try:
+        index = _index_dec.decode((d / INDEX).read_bytes())
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, msgspec.DecodeError):
+        return "its index is unreadable"
+    if index.output != output:
+        return "it was made from another output"
+    try:
+        now = take_index(d / ROOT)
+    except OSError:
+        return "it cannot be read"
+    if now == index.paths:
+        return None
+    changed = sorted(set(now) ^ set(index.paths)) or sorted(p for p in now if now[p] != index.paths[p])
+    return f"{changed[0] or '/'} changed since it was made"
+
+
+def ensure(store: Store, input_digest: str, output: str, entries: Callable[[], list[Entry]],
+           lower: Callable[[str], Entry | None], *, mtime: int,
+           log: Callable[[str], None] = lambda m: None) -> Path:
+    """The root of a verified snapshot of one store entry, made (again) if needed."""
+    sweep_tmp(store)
+    why = check(store, input_digest, output)
+    if why is None:
+        return snapshot_dir(store, input_digest) / ROOT
+    if why != "missing":
+        log(f"snapshot {input_digest[:16]} not trusted ({why}): making it again from the store")
+    return make(store, input_digest, output, entries(), lower, mtime=mtime)
+
+
+def sweep_tmp(store: Store) -> None:
+    """Remove half-made snapshots of processes that are gone."""
+    base = snapshots_dir(store)
+    if not base.is_dir():
+        return
+    for p in base.glob(".tmp-*"):
+        try:
+            pid = int(p.name.split("-")[1])
+        except (IndexError, ValueError):
+            pid = 0
+        if pid != os.getpid() and not pid_alive(pid):
+            rmtree(p)
+
+
+def remove(store: Store, input_digest: str) -> None:
+    """Remove a snapshot (with its store entry, by gc)."""
+    rmtree(snapshot_dir(store, input_digest))
+
+
+def unneeded(store: Store, keep: Iterable[str]) -> list[str]:
+    """The snapshots whose input digest is not in `keep` (gc removes them with their entries)."""
+    base = snapshots_dir(store)
+    if not base.is_dir():
+        return []
+    keep = set(keep)
+    return sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and p.name not in keep)
+
+
+def disk_usage(store: Store, *, skip: Iterable[str] = ()) -> int:
+    """Bytes the snapshots take (allocated blocks; each inode counted once), but those in `skip`."""
+    base = snapshots_dir(store)
+    total = 0
+    seen: set[int] = set()
+    skipped = {str(base / s) for s in skip}
+    for dirpath, dirs, files in os.walk(base):
+        if dirpath == str(base):
+            dirs[:] = [x for x in dirs if str(base / x) not in skipped]
+        for name in itertools.chain(dirs, files):
+            st = os.lstat(os.path.join(dirpath, name))
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_blocks * 512
+    return total
+
+
+# --- what a program changed: the overlay's upper directory ---------------------------------------
+
+OPAQUE = "trusted.overlay.opaque"
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def upper_changes(upper: Path, base: dict[str, Entry], store: Store, *, mtime_clamp: int) -> dict[str, Entry]:
+    """The tree after a program ran on an overlay (lower: `base`), read from its upper directory
+    alone. Mounted without metacopy and redirect_dir, the upper directory holds every changed
+    path whole (a changed owner, mode or xattr copies the file up), with the merged view's
+    attributes: a char 0:0 device deletes a path, an opaque directory hides all below it."""
+    from .scan import scan_dir
+
+    new = dict(base)
+    up = scan_dir(upper, store, mtime_clamp=mtime_clamp)
+
+    def drop_under(path: str) -> None:
+        pre = path + "/"
+        for p in [p for p in new if p.startswith(pre)]:
+            del new[p]
+
+    for path in sorted(up, key=sort_key):  # parents first: an opaque dir is emptied before its children
+        e = up[path]
+        if e.type == "char" and e.major == 0 and e.minor == 0:
+            new.pop(path, None)
+            drop_under(path)
+            continue
+        old = new.get(path)
+        if (old is not None and old.type == "dir" and e.type != "dir") or (
+                e.type == "dir" and _opaque(str(upper / path))):
+            drop_under(path)
+        new[path] = e
+    return new

@@ -1,0 +1,271 @@
+"""Snapshots (issue 11): a store entry unpacked as an overlayfs layer, checked before use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lxclayer import snapshots
+from lxclayer.manifest import Entry, merge
+from lxclayer.scan import scan_dir
+from lxclayer.store import Store
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="snapshots need root (owners, device nodes)")
+pytestmark = needs_root
+SDE = 1_700_000_000
+
+
+def f(store: Store, path: str, data: bytes, **kw) -> Entry:
+    return Entry(path=path, type="file", mode=kw.pop("mode", 0o644), size=len(data),
+                 hash=store.put_blob(data), mtime=kw.pop("mtime", SDE - 10), **kw)
+
+
+def d(path: str, **kw) -> Entry:
+    return Entry(path=path, type="dir", mode=kw.pop("mode", 0o755), mtime=kw.pop("mtime", SDE - 20), **kw)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store(tmp_path / "store").session() as s:
+        yield s
+
+
+def stack(store: Store) -> tuple[list[Entry], list[Entry]]:
+    bottom = [
+        d("etc", mode=0o750, uid=7, gid=8, xattrs={"user.k": b"v"}),
+        f(store, "etc/a", b"a\n"), f(store, "etc/gone", b"x"),
+        d("opt"), f(store, "opt/x", b"x"), d("var"), d("var/lib"), f(store, "var/lib/y", b"y"),
+    ]
+    top = [
+        Entry(path="etc", type="dir", mode=0o755, mtime=SDE, implicit=True),  # changes nothing
+        f(store, "etc/a", b"A\n", mode=0o600, uid=3, xattrs={"user.z": b"1"}),
+        Entry(path="etc/gone", type="whiteout"),
+        f(store, "opt", b"now a file"),  # a directory replaced by a file
+        f(store, "var/lib/new", b"n"),  # var and var/lib are missing parents
+    ]
+    return bottom, top
+
+
+def lower_of(entries: list[Entry]):
+    tree = {e.path: e for e in merge([entries], mtime=SDE)}
+    return tree.get
+
+
+def snap(store: Store, name: str, entries: list[Entry], lower) -> Path:
+    return snapshots.ensure(store, name, "out-" + name, lambda: entries, lower, mtime=SDE)
+
+
+def test_snapshot_holds_whiteouts_as_char_0_0_and_implied_dirs_as_below(store):
+    bottom, top = stack(store)
+    snap(store, "b", bottom, lambda p: None)
+    root = snap(store, "t", top, lower_of(bottom))
+    st = os.lstat(root / "etc/gone")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
+    etc = os.lstat(root / "etc")
+    assert (stat.S_IMODE(etc.st_mode), etc.st_uid, etc.st_gid) == (0o750, 7, 8)
+    assert os.getxattr(root / "etc", "user.k") == b"v"
+    a = os.lstat(root / "etc/a")
+    assert (stat.S_IMODE(a.st_mode), a.st_uid, a.st_nlink) == (0o600, 3, 1)  # a copy, not a blob link
+    assert (root / "etc/a").read_bytes() == b"A\n"
+
+
+def _merged_scan(store: Store, lowers: list[Path], tmp: Path) -> dict[str, Entry]:
+    """Mount the snapshots (top first) as a read-only overlay in a private mount namespace and
+    scan the merged view there."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    mnt = tmp / "mnt"
+    mnt.mkdir()
+    code = (
+        "import sys, msgspec\n"
+        "from pathlib import Path\n"
+        "from lxclayer.scan import scan_dir\n"
+        "from lxclayer.store import Store\n"
+        f"t = scan_dir(Path({str(mnt)!r}), Store({str(store.root)!r}), mtime_clamp={SDE})\n"
+        "sys.stdout.buffer.write(msgspec.msgpack.encode(t))\n"
+    )
+    lowerdir = ":".join(str(p) for p in lowers)
+    p = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'mount -t overlay ov -o ro,lowerdir={lowerdir},redirect_dir=off,metacopy=off,index=off,xino=off '
+         f'"$1" || exit 97; exec "$2" -c "$3"', "sh", str(mnt), sys.executable, code],
+        capture_output=True,
+    )
+    if p.returncode == 97:
+        pytest.skip(f"overlayfs is not available here: {p.stderr.decode().strip()}")
+    assert p.returncode == 0, p.stderr.decode()
+    import msgspec
+
+    return msgspec.msgpack.decode(p.stdout, type=dict[str, Entry])
+
+
+def test_overlay_of_snapshots_shows_exactly_the_merged_stack(store, tmp_path):
+    bottom, top = stack(store)
+    lowers = [snap(store, "t", top, lower_of(bottom)), snap(store, "b", bottom, lambda p: None)]
+    seen = _merged_scan(store, lowers, tmp_path)
+    want = {e.path: e for e in merge([bottom, top], mtime=SDE)}
+    assert "opt/x" not in seen and "etc/gone" not in seen
+    # The merged view's directories mtimes are overlayfs's own; everything else must agree.
+    for path, e in want.items():
+        got = seen[path]
+        if e.type == "dir":
+            got = type(got)(**{**{k: getattr(got, k) for k in got.__struct_fields__}, "mtime": e.mtime})
+            e = type(e)(**{**{k: getattr(e, k) for k in e.__struct_fields__}, "implicit": False})
+        assert got == e, path
+    assert set(seen) == set(want)
+
+
+@pytest.mark.parametrize("tamper", ["edit", "add", "remove", "chmod", "chown", "xattr", "touch-index"])
+def test_a_snapshot_changed_behind_our_back_is_noticed_and_made_again(store, tamper):
+    bottom, _ = stack(store)
+    root = snap(store, "b", bottom, lambda p: None)
+    assert snapshots.check(store, "b", "out-b") is None
+    a = root / "etc/a"
+    if tamper == "edit":
+        with open(a, "r+b") as fh:  # same size, content only
+            fh.write(b"Z")
+    elif tamper == "add":
+        (root / "opt/new").write_bytes(b"")
+    elif tamper == "remove":
+        (root / "opt/x").unlink()
+    elif tamper == "chmod":
+        os.chmod(a, 0o777)
+    elif tamper == "chown":
+        os.chown(a, 1, 1)
+    elif tamper == "xattr":
+        os.setxattr(a, "user.evil", b"1")
+    elif tamper == "touch-index":
+        (root.parent / snapshots.INDEX).write_bytes(b"garbage")
+    assert snapshots.check(store, "b", "out-b") is not None
+    logs: list[str] = []
+    root = snapshots.ensure(store, "b", "out-b", lambda: bottom, lambda p: None, mtime=SDE, log=logs.append)
+    assert logs and "not trusted" in logs[0]
+    assert (root / "etc/a").read_bytes() == b"a\n" and (root / "opt/x").exists()
+    assert not (root / "opt/new").exists()
+    assert snapshots.check(store, "b", "out-b") is None
+    assert scan_dir(root, store, mtime_clamp=SDE)["etc/a"].mode == 0o644
+
+
+def test_a_snapshot_of_another_output_is_not_used(store):
+    bottom, _ = stack(store)
+    snap(store, "b", bottom, lambda p: None)
+    assert snapshots.check(store, "b", "other") == "it was made from another output"
+
+
+def test_a_killed_snapshot_build_leaves_nothing_trusted_and_is_swept(store, tmp_path):
+    bottom, _ = stack(store)
+    script = (
+        "import os, signal, sys\n"
+        "from lxclayer import snapshots, materialise\n"
+        "from lxclayer.store import Store\n"
+        "from lxclayer.manifest import Entry\n"
+        "import msgspec\n"
+        "entries = msgspec.msgpack.decode(sys.stdin.buffer.read(), type=list[Entry])\n"
+        "n = int(sys.argv[2])\n"
+        "real = materialise._meta\n"
+        "count = [0]\n"
+        "def meta(p, e):\n"
+        "    count[0] += 1\n"
+        "    if count[0] == n: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(p, e)\n"
+        "materialise._meta = meta\n"
+        "snapshots.ensure(Store(sys.argv[1]), 'b', 'out-b', lambda: entries, lambda p: None, mtime=0)\n"
+    )
+    import msgspec
+
+    data = msgspec.msgpack.encode(bottom)
+    for n in (1, 3, 6):
+        p = subprocess.run([sys.executable, "-c", script, str(store.root), str(n)], input=data,
+                           capture_output=True)
+        assert p.returncode == -9, p.stderr.decode()
+        assert snapshots.check(store, "b", "out-b") == "missing"
+        assert list(snapshots.snapshots_dir(store).glob(".tmp-*"))
+    snap(store, "b", bottom, lambda p: None)
+    assert not list(snapshots.snapshots_dir(store).glob(".tmp-*"))
+    assert snapshots.check(store, "b", "out-b") is None
+
+
+def test_gc_removes_snapshots_with_their_entries_and_reports_their_size(project_dir, store_dir):
+    from lxclayer.build import build
+    from lxclayer.definitions import load_project
+
+    from .conftest import run_cli
+
+    build(load_project(project_dir), Store(store_dir))
+    store = Store(store_dir)
+    live = sorted(p.name for p in (store_dir / "layers").iterdir())
+    with store.session():
+        bottom, _ = stack(store)
+        for name in (live[0], "0" * 64):  # one an entry the lock names, one nothing names
+            snap(store, name, bottom, lambda p: None)
+    dry = run_cli("--project", str(project_dir), "--store", str(store_dir), "gc", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "snapshots: would free 1; the kept ones take" in dry.stdout
+    assert snapshots.check(store, "0" * 64, "out-" + "0" * 64) is None
+    r = run_cli("--project", str(project_dir), "--store", str(store_dir), "gc")
+    assert r.returncode == 0, r.stderr
+    assert "snapshots: freed 1" in r.stdout
+    assert snapshots.check(store, "0" * 64, "out-" + "0" * 64) == "missing"
+    assert snapshots.check(store, live[0], "out-" + live[0]) is None
+
+
+CHANGES = r"""
+set -e
+cd "$1"
+rm etc/gone                      # a deleted file
+rm -r opt && printf 'file' > opt # a directory replaced by a file
+chmod 0600 var/lib/y             # only a mode
+chown 5:6 etc/a                  # only an owner
+setfattr -n user.only -v 1 var/lib 2>/dev/null || python3 -c "import os; os.setxattr('var/lib', 'user.only', b'1')"
+rm -r srv && mkdir srv && printf 'n' > srv/new   # a directory emptied and refilled (opaque)
+mkdir -p usr/new/deep && printf 'd' > usr/new/deep/f
+touch -h -d @1600000000 etc var/lib usr usr/new usr/new/deep srv .
+"""
+
+
+def test_scanning_the_upper_dir_alone_gives_the_same_layer_as_scanning_the_whole_tree(store, tmp_path):
+    """The old way (materialise the stack, change it, scan it all, diff) and the new way (change
+    an overlay of snapshots, read its upper directory) give the same layer."""
+    from lxclayer.manifest import diff, sorted_entries
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    bottom = [
+        d("etc", mode=0o750, uid=7, gid=8), f(store, "etc/a", b"a\n"), f(store, "etc/gone", b"x"),
+        d("opt"), d("opt/sub"), f(store, "opt/sub/x", b"x"), d("var"), d("var/lib"),
+        f(store, "var/lib/y", b"y"), d("srv"), f(store, "srv/old", b"o"), d("usr"),
+    ]
+    base = {e.path: e for e in merge([bottom], mtime=SDE)}
+    # the old way
+    from lxclayer.materialise import materialise
+
+    real = tmp_path / "real"
+    materialise(merge([bottom], mtime=SDE), real, store)
+    subprocess.run(["sh", "-c", CHANGES, "sh", str(real)], check=True)
+    old = sorted_entries(diff(base, scan_dir(real, store, mtime_clamp=SDE)))
+    # the new way
+    lower = snap(store, "b", bottom, lambda p: None)
+    upper, work, mnt = tmp_path / "upper", tmp_path / "work", tmp_path / "mnt"
+    for p in (upper, work, mnt):
+        p.mkdir()
+    p = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t overlay ov -o lowerdir={lower},upperdir={upper},workdir={work},"
+         f'redirect_dir=off,metacopy=off,index=off,xino=off "$1" || exit 97\n' + CHANGES, "sh", str(mnt)],
+        capture_output=True,
+    )
+    if p.returncode == 97:
+        pytest.skip(f"overlayfs is not available here: {p.stderr.decode().strip()}")
+    assert p.returncode == 0, p.stderr.decode()
+    new = sorted_entries(diff(base, snapshots.upper_changes(upper, base, store, mtime_clamp=SDE)))
+    assert new == old
+    kinds = {e.path: e.type for e in new}
+    assert kinds["etc/gone"] == "whiteout" and kinds["opt"] == "file" and kinds["srv/old"] == "whiteout"
+    assert {"var/lib/y", "etc/a", "var/lib", "usr/new/deep/f"} <= set(kinds)
+    assert snapshots.check(store, "b", "out-b") is None  # the program did not touch the snapshot
