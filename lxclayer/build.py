@@ -18,19 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import compose as composer
-from . import hermetic, roots
+from . import hermetic, outputs, roots
 from .builders import builder
 from .builders.base import Context
 from .definitions import Layer, Project, rel
-from .digest import digest
 from .errors import BuildError, LockError, StoreCorruption
 from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
-from .fsio import atomic_write, remove_stale_temporaries
+from .fsio import remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
+from .outputs import ArchiveInfo, ExportJob
 from .sources import StatCache, cache_for
 from .store import LayerEntry, LayerMeta, Store
 
@@ -44,18 +43,6 @@ class LayerPlan:
     input: str | None = None  # None: not known until a layer below or the pins are resolved
     output: str | None = None
     seconds: float = 0.0
-
-
-@dataclass
-class ArchiveInfo:
-    format: str
-    path: Path
-    sha256: str
-    size: int
-    chunks: int = 0
-    reused: int = 0
-    seconds: float = 0.0
-    composed: bool = True
 
 
 @dataclass
@@ -283,10 +270,11 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
     # Formats built now, plus those of the old lock that were not built this time, as long as
     # the stack is unchanged (`build --format tar.zst` must not drop the lock's tar.gz).
     archives_map = {a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size) for a in archives}
-    compressors = {a.format: composer.compressor_id(a.format) for a in archives}
+    compressors = {a.format: outputs.exporter(a.format).compressor() for a in archives}
     if old is not None and [la.output for la in old.layers.values()] == [la.output for la in layers.values()]:
         for fmt, arch in old.template.archives.items():
-            if fmt not in archives_map and old.template.compressor.get(fmt) == composer.compressor_id(fmt):
+            if (fmt not in archives_map and fmt in outputs.FORMATS
+                    and old.template.compressor.get(fmt) == outputs.exporter(fmt).compressor()):
                 archives_map[fmt] = arch
                 compressors[fmt] = old.template.compressor[fmt]
     archives_map = dict(sorted(archives_map.items()))
@@ -301,10 +289,6 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
         ),
         layers=layers,
     )
-
-
-def archive_path(project: Project, out_dir: Path, fmt: str) -> Path:
-    return out_dir / f"{project.template.basename}.{fmt}"
 
 
 def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: bool = False,
@@ -342,7 +326,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                     plans.append(p)
                     events.layer_done(p)
                 tree = _checked_tree(entries, project.template.source_date_epoch)
-                archives = [_compose_one(project, store, tree, fmt, out_dir, entries, jobs, events)
+                archives = [_export(project, store, tree, fmt, out_dir, entries, jobs, events)
                             for fmt in formats]
                 break
             except StoreCorruption as e:
@@ -395,37 +379,11 @@ def _members(entries):
         yield Member(name=member_name(e), type=e.type, uid=e.uid, gid=e.gid, mode=e.mode,
                      size=e.size, linkname=e.target, xattrs=tuple(e.xattrs))
 
-
-def _compose_one(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
-                 entries: list[LayerEntry], jobs: int | None, events: Events) -> ArchiveInfo:
-    path = archive_path(project, out_dir, fmt)
-    key = digest({"outputs": [e.output for e in entries], "fmt": fmt, "compressor": composer.compressor_id(fmt),
-                  "mtime": project.template.source_date_epoch})
-    t0 = time.monotonic()
-    known = store.composed(key)
-    if known is not None and store.output_matches(key, path, known):
-        _write_sha256(path, known["sha256"])
-        info = ArchiveInfo(format=fmt, path=path, sha256=known["sha256"], size=known["size"], composed=False)
-        events.compose_done(info)
-        return info
-    events.compose_start(fmt, path)
-    res = composer.compose(tree(), path, fmt, store, mtime=project.template.source_date_epoch, jobs=jobs,
-                           progress=lambda n, r: events.compose_progress(fmt, n, r))
-    _write_sha256(path, res.sha256)
-    store.record_composed(key, path, res.sha256, res.size)
-    info = ArchiveInfo(format=fmt, path=path, sha256=res.sha256, size=res.size, chunks=res.chunks,
-                       reused=res.reused, seconds=time.monotonic() - t0)
+def _export(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
+            entries: list[LayerEntry], jobs: int | None, events: Events) -> ArchiveInfo:
+    job = ExportJob(template=project.template, store=store, layers=entries, tree=tree, out_dir=out_dir,
+                    jobs=jobs, progress=lambda n, r: events.compose_progress(fmt, n, r),
+                    started=lambda path: events.compose_start(fmt, path))
+    info = outputs.exporter(fmt).export(job)
     events.compose_done(info)
     return info
-
-
-def _write_sha256(path: Path, sha256: str) -> None:
-    """`NAME.sha256` beside the archive, as `sha256sum -c` reads it; rewritten when wrong."""
-    sha_file = path.with_name(path.name + ".sha256")
-    want = f"{sha256}  {path.name}\n".encode()
-    try:
-        if sha_file.read_bytes() == want:
-            return
-    except OSError:
-        pass
-    atomic_write(sha_file, want)

@@ -17,6 +17,7 @@ import click
 import msgspec
 
 from .errors import UserError
+from .outputs import FORMATS
 
 
 def _human_size(n: float) -> str:
@@ -175,7 +176,7 @@ def _print_result(res) -> None:
 @click.option("--locked", is_flag=True, help="Refuse unless the lock describes this build exactly.")
 @click.option("--frozen", is_flag=True, help="Use the lock's pins as they are, unchecked; do not write it.")
 @click.option("--offline", is_flag=True, help="Use only artifacts already in the store; never download.")
-@click.option("--format", "formats", multiple=True, type=click.Choice(["tar.gz", "tar.zst"]),
+@click.option("--format", "formats", multiple=True, type=click.Choice(list(FORMATS)),
               help="Output format(s). Default: the template's `formats`.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder. Default: dist/ in the project.")

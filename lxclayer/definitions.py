@@ -14,10 +14,11 @@ import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from . import outputs
 from .boottest.spec import Check, Fault
 from .errors import DefinitionError
 from .fsio import read_regular
@@ -28,9 +29,6 @@ MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 
 TEMPLATE_FILE = "template.toml"
 LAYER_FILE = "layer.toml"
-
-Format = Literal["tar.gz", "tar.zst"]
-
 
 class LayerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
     """Settings every layer kind has. Builders subclass it with `tag="<kind>"`."""
@@ -45,7 +43,7 @@ class Template(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     version: str
     release: int = 1
     arch: str = "amd64"
-    formats: list[Format] = msgspec.field(default_factory=lambda: ["tar.gz"])
+    formats: list[str] = msgspec.field(default_factory=lambda: ["tar.gz"])
     source_date_epoch: int
     layers: list[str]
     checks: list[Check] = []
@@ -264,6 +262,10 @@ def load_template(file: Path, root: Path) -> Template:
         raise DefinitionError(f"{tpl.arch!r} is not a valid architecture", file=shown, key="arch")
     if not tpl.formats:
         raise DefinitionError("at least one format is needed", file=shown, key="formats")
+    for i, fmt in enumerate(tpl.formats):
+        if fmt not in outputs.FORMATS:
+            raise DefinitionError(f"unknown format {fmt!r} (one of: {', '.join(outputs.FORMATS)})",
+                                  file=shown, key=f"formats[{i}]")
     if tpl.source_date_epoch < 0 or tpl.source_date_epoch > 2**33:
         raise DefinitionError("must be a Unix time in seconds", file=shown, key="source_date_epoch")
     if not tpl.layers:

@@ -14,13 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import compose as composer
+from . import outputs, snapshots
 from . import roots as gcroots
-from . import snapshots
-from .digest import digest
 from .errors import StoreCorruption, UserError
 from .lock import toml as locktoml
-from .manifest import merge
 from .store import Keep, Store, Swept
 
 
@@ -70,13 +67,9 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
                     keep.artifacts.update(a.sha256 for a in group.values())
             if len(stack) != len(lock.layers):
                 continue  # the stack is incomplete: its chunks cannot be named, and are not needed
-            merged = merge((e.entries for e in stack), mtime=lock.template.source_date_epoch)
             for fmt in lock.template.archives:
-                keep.chunks.update(f"{fmt}-{c.key}" for c in composer.plan_chunks(
-                    merged, fmt, lock.template.source_date_epoch))
-                keep.composed.add(digest({"outputs": [e.output for e in stack], "fmt": fmt,
-                                          "compressor": composer.compressor_id(fmt),
-                                          "mtime": lock.template.source_date_epoch}))
+                if fmt in outputs.FORMATS:
+                    outputs.exporter(fmt).keep(stack, lock.template.source_date_epoch, keep)
         swept = store.sweep(keep, dry_run=dry_run)
         for f in fields(Swept):
             setattr(res, f.name, getattr(swept, f.name))

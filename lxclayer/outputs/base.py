@@ -1,0 +1,72 @@
+"""The exporter interface: one output format of a template.
+
+An exporter turns a built stack into a file in the output folder. It is given the per-layer
+store entries in stack order (an OCI image keeps the layers; a tarball merges them), the merged
+tree (made on first use), the template, the store and the output folder; it owns:
+
+- its file name (`filename`), and where its bytes come from (`compressor`: the identity of
+  every tool that shapes them, recorded in the lock so that a changed compressor explains a
+  changed sha256);
+- `export`: write the file atomically (or keep the one already there when it is provably the
+  same) and say what it is (`ArchiveInfo`); the lock records its name, sha256 and size;
+- `keep`: what of the store gc must keep so that a no-op build of a locked stack stays cheap;
+- `check`: whether a file of this format follows the rules its consumer relies on.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..check import Violation
+    from ..definitions import Template
+    from ..manifest import Entry
+    from ..store import Keep, LayerEntry, Store
+
+
+@dataclass
+class ArchiveInfo:
+    format: str
+    path: Path
+    sha256: str
+    size: int
+    chunks: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    composed: bool = True
+
+
+@dataclass
+class ExportJob:
+    template: Template
+    store: Store
+    layers: list[LayerEntry]  # the stack's store entries, bottom first
+    tree: Callable[[], list[Entry]]  # the merged, checked tree (made when first asked for)
+    out_dir: Path
+    jobs: int | None = None
+    progress: Callable[[int, int], None] | None = None  # (chunks done, of which reused)
+    started: Callable[[Path], None] | None = None  # called when real work (not a no-op) begins
+
+
+class Exporter(abc.ABC):
+    format: str
+
+    def filename(self, template: Template) -> str:
+        return f"{template.basename}.{self.format}"
+
+    @abc.abstractmethod
+    def compressor(self) -> str:
+        """What shapes the bytes besides the stack (compressor and version, chunking)."""
+
+    @abc.abstractmethod
+    def export(self, job: ExportJob) -> ArchiveInfo: ...
+
+    def keep(self, layers: list[LayerEntry], source_date_epoch: int, keep: Keep) -> None:  # noqa: B027
+        """Add to `keep` what this format stores for the stack `layers` (nothing by default)."""
+
+    @abc.abstractmethod
+    def check(self, path: Path) -> list[Violation]: ...
