@@ -84,6 +84,13 @@ def header(e: Entry) -> bytes:
     return out
 
 
+def plain_header(name: str, size: int, mtime: int, *, directory: bool = False) -> bytes:
+    """A ustar header for a member that is not a template path (the OCI layout's files):
+    owner 0:0, mode 0644 (0755 for a directory), the name as given."""
+    return _header(name.encode(), 0o755 if directory else 0o644, 0, 0, size, mtime,
+                   b"5" if directory else b"0")
+
+
 def root_header(mtime: int) -> bytes:
     return _header(b"./", 0o755, 0, 0, 0, mtime, b"5")
 
