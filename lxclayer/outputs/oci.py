@@ -40,8 +40,8 @@ import msgspec
 
 from .. import tarformat
 from ..digest import digest
-from ..manifest import Entry, apply, parent_of, sorted_entries
-from ..registry.oci import INDEX, MANIFEST, Descriptor, Index, Manifest
+from ..manifest import Entry, apply, sorted_entries
+from ..registry.oci import MANIFEST, Descriptor, Index, Manifest
 from ..store import LayerEntry, Store
 
 FORMAT = "oci"
@@ -150,8 +150,7 @@ def tar_stream(members: list[Entry], store: Store) -> Iterator[bytes]:
         yield hdr
         length += len(hdr)
         if e.type == "file" and e.size:
-            for piece in store.iter_blob(e.hash):
-                yield piece
+            yield from store.iter_blob(e.hash)
             pad = -e.size % tarformat.BLOCK
             if pad:
                 yield b"\0" * pad
@@ -215,7 +214,7 @@ def layer_keys(layers: list[LayerEntry], mtime: int) -> Iterator[tuple[LayerEntr
 # --- the image ------------------------------------------------------------------------------
 
 def iso(epoch: int) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def image_documents(*, name: str, version: str, release: int, arch: str, mtime: int,
