@@ -23,10 +23,6 @@ def member_name(e: Entry) -> str:
     return f"./{e.path}/" if e.type == "dir" else f"./{e.path}"
 
 
-def _octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)
-
-
 def _pax_record(key: str, value: bytes) -> bytes:
     body = b" " + key.encode() + b"=" + value + b"\n"
     n = len(body) + 1

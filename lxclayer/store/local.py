@@ -119,7 +119,6 @@ def default_root() -> Path:
 class LocalStore(Store):
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_root()
-        self._shared_fd: int | None = None
         self._blobs = str(self.root / "blobs")  # blob paths as strings: compose opens 20k of them
 
     # --- layout -------------------------------------------------------------------------------
