@@ -178,16 +178,17 @@ class LocalStore(Store):
         it, so that two builds of one project (say of two formats) do not drop each other's
         entries: the second reads what the first wrote."""
         key = xxhash.xxh3_128_hexdigest(os.path.abspath(lock_file).encode("utf-8", "surrogateescape"))
-        fd = os.open(self.root / "locks" / f"project-{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._flock(f"project-{key}"):
             yield
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def layer_lock(self, input_digest: str) -> Iterator[None]:
-        fd = os.open(self.root / "locks" / f"{input_digest}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        with self._flock(input_digest):
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self, name: str) -> Iterator[None]:
+        fd = os.open(self.root / "locks" / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
