@@ -377,28 +377,27 @@ def verify(ctx, rebuild, layers) -> None:
 
     project = _project(ctx)
     store = _store(ctx)
-    bad = 0
     # A rebuild needs no lock (it builds what is missing first); a store check checks the lock's.
     checked = verify_store(project, store, list(layers)) if not rebuild or project.lock_file.exists() else {}
-    for name, problems in checked.items():
-        if problems:
-            bad += 1
-            click.echo(f"{name}: damaged")
-            for line in problems:
-                click.echo(f"  {line}")
-        elif not rebuild:
-            click.echo(f"{name}: ok")
+    bad = _report(checked, "damaged", None if rebuild else "ok")
     if rebuild:
-        diffs = verify_rebuild(project, store, list(layers), events=Printer())
-        for name, lines in diffs.items():
-            if lines:
-                bad += 1
-                click.echo(f"{name}: not reproducible")
-                for line in lines:
-                    click.echo(f"  {line}")
-            else:
-                click.echo(f"{name}: reproducible")
+        bad += _report(verify_rebuild(project, store, list(layers), events=Printer()), "not reproducible",
+                       "reproducible")
     sys.exit(1 if bad else 0)
+
+
+def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -> int:
+    """Print per layer `NAME: bad_word` and its lines, or `NAME: ok_word`; the number of bad ones."""
+    bad = 0
+    for name, lines in results.items():
+        if lines:
+            bad += 1
+            click.echo(f"{name}: {bad_word}")
+            for line in lines:
+                click.echo(f"  {line}")
+        elif ok_word:
+            click.echo(f"{name}: {ok_word}")
+    return bad
 
 
 @cli.command("boot-test")
