@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,15 @@ def test_sbom_of_the_committed_lock_is_valid_spdx_2_3():
     # does not catch it), so every package says false.
     assert {p.get("filesAnalyzed") for p in doc["packages"]} == {False}
     assert data.endswith(b"}\n")
+
+
+def test_pyspdxtools_cli_accepts_the_sbom_file(tmp_path):
+    lock = _lock()
+    f = tmp_path / sbom_filename(lock)
+    f.write_bytes(spdx_document(lock))
+    cli = Path(sys.executable).parent / "pyspdxtools"
+    r = subprocess.run([cli, "-i", f], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 
 def test_sbom_lists_exactly_the_locks_debs_wheels_and_uv():
