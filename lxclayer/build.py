@@ -269,7 +269,8 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
     t = project.template
     # Formats built now, plus those of the old lock that were not built this time, as long as
     # the stack is unchanged (`build --format tar.zst` must not drop the lock's tar.gz).
-    archives_map = {a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size) for a in archives}
+    archives_map = {a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size, image=a.image)
+                    for a in archives}
     compressors = {a.format: outputs.exporter(a.format).compressor() for a in archives}
     if old is not None and [la.output for la in old.layers.values()] == [la.output for la in layers.values()]:
         for fmt, arch in old.template.archives.items():
@@ -326,7 +327,8 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                     plans.append(p)
                     events.layer_done(p)
                 tree = _checked_tree(entries, project.template.source_date_epoch)
-                archives = [_export(project, store, tree, fmt, out_dir, entries, jobs, events)
+                stack_lock = _lock_from(project, entries, [], None)
+                archives = [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events)
                             for fmt in formats]
                 break
             except StoreCorruption as e:
@@ -380,9 +382,9 @@ def _members(entries):
                      size=e.size, linkname=e.target, xattrs=tuple(e.xattrs))
 
 def _export(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
-            entries: list[LayerEntry], jobs: int | None, events: Events) -> ArchiveInfo:
+            entries: list[LayerEntry], stack_lock: Lockfile, jobs: int | None, events: Events) -> ArchiveInfo:
     job = ExportJob(template=project.template, store=store, layers=entries, tree=tree, out_dir=out_dir,
-                    jobs=jobs, progress=lambda n, r: events.compose_progress(fmt, n, r),
+                    lock=stack_lock, jobs=jobs, progress=lambda n, r: events.compose_progress(fmt, n, r),
                     started=lambda path: events.compose_start(fmt, path))
     info = outputs.exporter(fmt).export(job)
     events.compose_done(info)

@@ -117,8 +117,9 @@ class Printer:
     def compose_done(self, info) -> None:
         self._stop_ticker()
         if info.composed:
+            what = "layer blobs" if info.image else "chunks"
             self._line(f"  composed {info.path.name} in {info.seconds:.1f}s"
-                       f" ({info.reused} of {info.chunks} chunks reused)")
+                       f" ({info.reused} of {info.chunks} {what} reused)")
         else:
             self._line(f"  up to date {info.path.name}")
 
@@ -159,7 +160,8 @@ def _result_json(res) -> dict:
         "layers": [{"name": p.name, "kind": p.kind, "state": p.state, "reasons": p.reasons,
                     "input": p.input, "output": p.output, "seconds": round(p.seconds, 3)} for p in res.layers],
         "archives": [{"format": a.format, "path": str(a.path), "sha256": a.sha256, "size": a.size,
-                      "composed": a.composed, "chunks": a.chunks, "reused": a.reused} for a in res.archives],
+                      "composed": a.composed, "chunks": a.chunks, "reused": a.reused,
+                      **({"image": a.image} if a.image else {})} for a in res.archives],
         "lock": str(res.lock_file), "lock_written": res.lock_written, "seconds": round(res.seconds, 3),
     }
 
@@ -167,6 +169,8 @@ def _result_json(res) -> dict:
 def _print_result(res) -> None:
     for a in res.archives:
         click.echo(f"{a.path}  {_human_size(a.size)}  sha256 {a.sha256}")
+        if a.image:
+            click.echo(f"  image {a.image}")
     if res.lock_written:
         click.echo(f"wrote {res.lock_file}")
     click.echo(f"done in {res.seconds:.1f}s", err=True)
@@ -306,9 +310,9 @@ def check(archive, as_json) -> None:
       lxclayer check dist/debian-12-stock-analysis_1.0.0-1_amd64.tar.gz
       lxclayer check /var/lib/vz/template/cache/debian-12-standard_12.12-1_amd64.tar.zst
     """
-    from .check import check_archive
+    from .outputs import check as check_output
 
-    violations = check_archive(archive)
+    violations = check_output(archive)
     if as_json:
         click.echo(msgspec.json.encode(violations).decode())
     else:
@@ -426,7 +430,9 @@ def boot_test(ctx, archive, timeout, no_reboot, no_network, as_json) -> None:
     project = _project(ctx)
     tpl = project.template
     if archive is None:
-        archive = project.root / "dist" / f"{tpl.basename}.{tpl.formats[0]}"
+        from .outputs import exporter
+
+        archive = project.root / "dist" / exporter(tpl.formats[0]).filename(tpl)
         if not archive.exists():
             raise UserError(f"{archive} does not exist: run `lxclayer build` first, or name an archive")
     printer = Printer(quiet=as_json)

@@ -166,3 +166,84 @@ def test_umoci_unpack_equals_the_tar_gz_extracted_as_pct_does(tmp_path):
     assert got == want
     assert got["usr/bin/ping"][8]  # the capability is there, in both
     assert "etc/obsolete.conf" not in got
+
+
+# --- the `oci` output format, through build, the lock, gc and the CLI ---------------------------
+
+def _build_oci(project_root: Path, store_dir: Path, *extra: str):
+    from .conftest import run_cli
+
+    return run_cli("--project", str(project_root), "--store", str(store_dir), "build", "--format", "oci",
+                   "--format", "tar.gz", *extra)
+
+
+def test_build_format_oci_writes_the_image_and_records_its_digest(tmp_path):
+    proj = write_project(tmp_path / "p")
+    r = _build_oci(proj, tmp_path / "s")
+    assert r.returncode == 0, (r.stdout + r.stderr)
+    path = proj / "dist" / "test-tpl_1.0-1_amd64.tar"
+    lock = locktoml.read(proj / "locks" / "test-tpl.lock")
+    rec = lock.template.archives["oci"]
+    assert rec.file == path.name
+    assert rec.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    layout = oci.read_layout(path)
+    assert rec.image == layout.manifest_digest
+    assert f"image {rec.image}" in (r.stdout + r.stderr)
+    assert lock.template.compressor["oci"] == oci.compressor_id()
+    # the image is labelled with the digest of the lock's stack (the lock without its archives)
+    assert layout.config.config.Labels["dev.lxclayer.lock"] == locktoml.stack_digest(lock)
+    assert layout.config.config.StopSignal == "SIGRTMIN+3"
+    assert [h.created_by for h in layout.config.history] == [f"lxclayer layer {n}" for n in lock.layers]
+    # a second, empty store gives the same bytes
+    other = write_project(tmp_path / "q")
+    assert _build_oci(other, tmp_path / "s2").returncode == 0
+    assert (other / "dist" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_oci_no_op_build_reuses_the_image_and_gc_keeps_its_blobs(tmp_path):
+    proj = write_project(tmp_path / "p")
+    store = tmp_path / "s"
+    assert _build_oci(proj, store).returncode == 0
+    from .conftest import run_cli
+
+    r = run_cli("--project", str(proj), "--store", str(store), "gc")
+    assert r.returncode == 0, (r.stdout + r.stderr)
+    r = _build_oci(proj, store, "--locked")
+    assert r.returncode == 0, (r.stdout + r.stderr)
+    assert "up to date test-tpl_1.0-1_amd64.tar" in (r.stdout + r.stderr)
+    # the image gone from dist/: remade from the blobs gc kept, none compressed again
+    (proj / "dist" / "test-tpl_1.0-1_amd64.tar").unlink()
+    r = _build_oci(proj, store, "--locked")
+    assert r.returncode == 0, (r.stdout + r.stderr)
+    assert "(3 of 3 layer blobs reused)" in (r.stdout + r.stderr)
+
+
+def test_lock_diff_shows_a_changed_image_digest(tmp_path):
+    from lxclayer.lock import diff as lockdiff
+
+    proj = write_project(tmp_path / "p")
+    assert _build_oci(proj, tmp_path / "s").returncode == 0
+    old = locktoml.read(proj / "locks" / "test-tpl.lock")
+    (proj / "layers" / "extra" / "root" / "etc" / "extra.conf").write_text("extra = 2\n")
+    assert _build_oci(proj, tmp_path / "s").returncode == 0
+    new = locktoml.read(proj / "locks" / "test-tpl.lock")
+    assert old.template.archives["oci"].image != new.template.archives["oci"].image
+    lines = [lockdiff.where(c) + ": " + lockdiff.body(c) for c in lockdiff.diff(old, new)]
+    assert any(line.startswith("oci: ") and f"image {old.template.archives['oci'].image} → "
+               f"{new.template.archives['oci'].image}" in line for line in lines), lines
+
+
+def test_check_refuses_a_layout_pve_would_not_detect(tmp_path):
+    import io
+
+    from .conftest import run_cli
+
+    bad = tmp_path / "t.tar"
+    with tarfile.open(bad, "w") as tf:
+        for name, data in (("./oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("./index.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    r = run_cli("check", str(bad))
+    assert r.returncode == 1, (r.stdout + r.stderr)
+    assert "no member named exactly 'oci-layout'" in (r.stdout + r.stderr)

@@ -39,10 +39,15 @@ from pathlib import Path
 import msgspec
 
 from .. import tarformat
+from ..check import Violation
 from ..digest import digest
+from ..errors import ArchiveError
+from ..lock.model import Lockfile
+from ..lock.toml import stack_digest
 from ..manifest import Entry, apply, sorted_entries
 from ..registry.oci import MANIFEST, Descriptor, Index, Manifest
-from ..store import LayerEntry, Store
+from ..store import Keep, LayerEntry, Store
+from .base import ArchiveInfo, Exporter, ExportJob
 
 FORMAT = "oci"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -183,11 +188,17 @@ def record_name(key: str) -> str:
     return f"ocilayer-{key}"
 
 
-def _layer_blob(layer: LayerEntry, below: dict[str, Entry], store: Store, mtime: int) -> tuple[LayerBlob, Path, bool]:
-    """The layer's blob from the store, or made now and stored; (blob, its path, reused)."""
+def _layer_record(layer: LayerEntry, below: dict[str, Entry], mtime: int) -> tuple[list[Entry], str]:
+    """The layer tar's members and the name of the record that finds its blob in the store."""
     members, dropped = layer_members(layer.entries, below, mtime)
     key = digest({"output": layer.output, "mtime": mtime, "compressor": compressor_id(), "dropped": dropped})
-    name = record_name(key)
+    return members, record_name(key)
+
+
+def _layer_blob(layer: LayerEntry, below: dict[str, Entry], store: Store, mtime: int) -> tuple[LayerBlob, Path, bool]:
+    """The layer's blob from the store, or made now and stored; (blob, its path, reused)."""
+    members, name = _layer_record(layer, below, mtime)
+    key = name.removeprefix("ocilayer-")
     rec = store.get_chunk(name)
     if rec is not None:
         blob = _blob_dec.decode(rec)
@@ -252,7 +263,8 @@ def _copy(src: Path) -> Iterable[bytes]:
 
 
 def write_image(layers: list[LayerEntry], store: Store, out: Path, *, name: str, version: str,
-                release: int, arch: str, mtime: int, lock_digest: str, jobs: int | None = None) -> Image:
+                release: int, arch: str, mtime: int, lock_digest: str, jobs: int | None = None,
+                layer_names: list[str] | None = None) -> Image:
     """Write the OCI image layout tar `out` atomically, from the stack's store entries."""
     jobs = jobs or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -261,7 +273,7 @@ def write_image(layers: list[LayerEntry], store: Store, out: Path, *, name: str,
     blobs = [b for b, _, _ in made]
     config, manifest, index = image_documents(
         name=name, version=version, release=release, arch=arch, mtime=mtime, lock_digest=lock_digest,
-        layer_names=[layer.layer or layer.output for layer in layers], blobs=blobs)
+        layer_names=layer_names or [layer.layer or layer.output for layer in layers], blobs=blobs)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".part")
     sha = hashlib.sha256()
@@ -302,3 +314,160 @@ def write_image(layers: list[LayerEntry], store: Store, out: Path, *, name: str,
         raise
     return Image(path=out, digest=_sha(manifest), sha256=sha.hexdigest(), size=length, layers=blobs,
                  reused=sum(1 for _, _, r in made if r))
+
+
+# --- reading an image layout tar (check, boot-test) ------------------------------------------
+
+@dataclass
+class Layout:
+    """An image layout tar as PVE 9.1 reads it: the manifest its index names first, the config,
+    and where each blob's bytes are in the tar (offset, size)."""
+
+    path: Path
+    manifest_digest: str
+    manifest: Manifest
+    config: ImageConfig
+    blobs: dict[str, tuple[int, int]]
+
+
+_manifest_dec = msgspec.json.Decoder(Manifest)
+_index_dec = msgspec.json.Decoder(Index)
+_config_dec = msgspec.json.Decoder(ImageConfig)
+MAX_DOCUMENT = 4 << 20
+
+
+def read_layout(path: Path) -> Layout:
+    """Open an OCI image layout tar and check what PVE 9.1 relies on: member names exactly
+    `oci-layout`, `index.json` and `blobs/...`; the first index entry an image manifest; the
+    config's media type; every document's digest. Layer blobs are located, not read.
+    Raises ArchiveError naming the file and the rule."""
+    import tarfile
+
+    def bad(why: str) -> ArchiveError:
+        return ArchiveError(f"not an OCI image as Proxmox VE 9.1 reads it: {why}", file=str(path))
+
+    try:
+        tf = tarfile.open(path, "r:")
+    except (OSError, tarfile.TarError) as e:
+        raise bad(f"not a plain tar ({e})") from None
+    with tf:
+        members = {m.name: m for m in tf}
+        for need in ("oci-layout", "index.json"):
+            if need not in members:
+                raise bad(f"no member named exactly {need!r} (PVE compares names exactly)")
+
+        def doc(name: str) -> bytes:
+            m = members.get(name)
+            if m is None or not m.isfile() or m.size > MAX_DOCUMENT:
+                raise bad(f"{name} is missing or not a small regular file")
+            f = tf.extractfile(m)
+            assert f is not None
+            return f.read()
+
+        def blob(d: Descriptor) -> bytes:
+            data = doc(f"blobs/sha256/{d.digest.removeprefix('sha256:')}")
+            if _sha(data) != d.digest or len(data) != d.size:
+                raise bad(f"blob {d.digest} does not match its digest or size")
+            return data
+
+        try:
+            index = _index_dec.decode(doc("index.json"))
+            if not index.manifests or index.manifests[0].media_type != MANIFEST:
+                raise bad(f"the first index.json entry is not an image manifest ({MANIFEST})")
+            mdesc = index.manifests[0]
+            manifest = _manifest_dec.decode(blob(mdesc))
+            if manifest.config.media_type != CONFIG:
+                raise bad(f"the config's media type is {manifest.config.media_type!r}, not {CONFIG}")
+            config = _config_dec.decode(blob(manifest.config))
+        except msgspec.DecodeError as e:
+            raise bad(f"a document does not decode: {e}") from None
+        if len(config.rootfs.diff_ids) != len(manifest.layers):
+            raise bad("rootfs.diff_ids and the manifest's layers differ in number")
+        blobs = {}
+        for d in manifest.layers:
+            m = members.get(f"blobs/sha256/{d.digest.removeprefix('sha256:')}")
+            if m is None or not m.isfile() or m.size != d.size:
+                raise bad(f"layer blob {d.digest} is missing or has the wrong size")
+            blobs[d.digest] = (m.offset_data, m.size)
+    return Layout(path=path, manifest_digest=mdesc.digest, manifest=manifest, config=config, blobs=blobs)
+
+
+# --- the exporter -----------------------------------------------------------------------------
+
+class OciImage(Exporter):
+    """`oci`: `dist/<name>_<version>-<release>_<arch>.tar`, an OCI image layout in a plain tar."""
+
+    format = FORMAT
+
+    def filename(self, template) -> str:
+        return f"{template.basename}.tar"
+
+    def compressor(self) -> str:
+        return compressor_id()
+
+    def _key(self, lock_digest: str) -> str:
+        # the stack's lock pins the template's identity, SOURCE_DATE_EPOCH and every layer
+        return digest({"fmt": FORMAT, "compressor": compressor_id(), "lock": lock_digest})
+
+    def export(self, job: ExportJob) -> ArchiveInfo:
+        import time
+
+        t = job.template
+        path = job.out_dir / self.filename(t)
+        assert job.lock is not None, "an image is labelled with its stack's lock"
+        lock_digest = stack_digest(job.lock)
+        key = self._key(lock_digest)
+        t0 = time.monotonic()
+        known = job.store.composed(key)
+        image_rec = job.store.get_chunk(f"ociimage-{key}")
+        if known is not None and image_rec is not None and job.store.output_matches(key, path, known):
+            return ArchiveInfo(format=FORMAT, path=path, sha256=known["sha256"], size=known["size"],
+                               composed=False, image=image_rec.decode())
+        if job.started:
+            job.started(path)
+        image = write_image(job.layers, job.store, path, name=t.name, version=t.version, release=t.release,
+                            arch=t.arch, mtime=t.source_date_epoch, lock_digest=lock_digest, jobs=job.jobs,
+                            layer_names=list(job.lock.layers))
+        job.store.record_composed(key, path, image.sha256, image.size)
+        job.store.put_chunk(f"ociimage-{key}", image.digest.encode())
+        return ArchiveInfo(format=FORMAT, path=path, sha256=image.sha256, size=image.size, image=image.digest,
+                           chunks=len(image.layers), reused=image.reused, seconds=time.monotonic() - t0)
+
+    def keep(self, store: Store, lock: Lockfile, layers: list[LayerEntry], keep: Keep) -> None:
+        """The layer blobs, the records that find them, and the image's records (a no-op build
+        needs them)."""
+        source_date_epoch = lock.template.source_date_epoch
+        key = self._key(stack_digest(lock))
+        keep.composed.add(key)
+        keep.chunks.add(f"ociimage-{key}")
+        for layer, below in layer_keys(layers, source_date_epoch):
+            _, name = _layer_record(layer, below, source_date_epoch)
+            rec = store.get_chunk(name)
+            if rec is None:
+                continue
+            keep.chunks.add(name)
+            with contextlib.suppress(msgspec.DecodeError):
+                keep.artifacts.add(_blob_dec.decode(rec).digest.removeprefix("sha256:"))
+
+    def check(self, path: Path) -> list[Violation]:
+        """The layout's rules (read_layout), and every layer blob against its digest."""
+        try:
+            layout = read_layout(path)
+        except ArchiveError as e:
+            return [Violation(path=path.name, rule="oci-layout", message=e.message())]
+        out = []
+        with open(path, "rb") as f:
+            for d, (offset, size) in layout.blobs.items():
+                f.seek(offset)
+                h = hashlib.sha256()
+                left = size
+                while left > 0 and (data := f.read(min(left, 1 << 20))):
+                    h.update(data)
+                    left -= len(data)
+                if "sha256:" + h.hexdigest() != d:
+                    out.append(Violation(path=f"blobs/sha256/{d[7:]}", rule="oci-blob",
+                                         message="the layer blob does not match its digest"))
+        return out
+
+
+EXPORTERS = {FORMAT: OciImage()}
