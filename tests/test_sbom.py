@@ -15,6 +15,7 @@ from spdx_tools.spdx.validation.document_validator import validate_full_spdx_doc
 
 from lxclayer.lock import Artifact, LockedArchive, Lockfile
 from lxclayer.lock import toml as locktoml
+from lxclayer.lock.toml import stack_digest
 from lxclayer.outputs.sbom import deb_purl, pypi_purl, sbom_filename, spdx_document
 
 LOCK = Path(__file__).resolve().parent.parent / "locks" / "debian-12-stock-analysis.lock"
@@ -65,6 +66,9 @@ def test_sbom_of_the_committed_lock_is_valid_spdx_2_3():
     assert doc["spdxVersion"] == "SPDX-2.3"
     assert doc["creationInfo"]["created"] == "2025-11-25T00:00:00Z"  # SOURCE_DATE_EPOCH 1764028800
     assert doc["creationInfo"]["creators"] == ["Tool: lxclayer-0.1.0"]
+    # named after the stack digest, the one the OCI image's `dev.lxclayer.lock` label carries
+    assert doc["documentNamespace"] == ("https://lxclayer.invalid/spdx/debian-12-stock-analysis-1.0.0-1-"
+                                        + stack_digest(_lock()).removeprefix("sha256:"))
     (template,) = [p for p in doc["packages"] if p["SPDXID"] not in _packages(data)]
     assert (template["name"], template["versionInfo"], template["primaryPackagePurpose"]) == \
         ("debian-12-stock-analysis", "1.0.0-1", "CONTAINER")

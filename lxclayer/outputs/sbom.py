@@ -19,7 +19,6 @@ wheels. Licenses are NOASSERTION: the lock does not record them.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import re
 import urllib.parse
 from collections.abc import Iterable
@@ -29,6 +28,7 @@ import msgspec
 
 from .. import __version__
 from ..lock.model import Artifact, Lockfile
+from ..lock.toml import stack_digest
 
 SPDX_VERSION = "SPDX-2.3"
 NOASSERTION = "NOASSERTION"
@@ -155,16 +155,6 @@ def source_package(path: str) -> str | None:
     return parts[-2] if path.startswith("pool/") and len(parts) >= 4 else None
 
 
-def lock_digest(lock: Lockfile) -> str:
-    """sha256 of the canonical JSON of what the lock pins: the template's identity and every
-    layer in stack order, without the archives the lock records for them (they are made from
-    those pins, and the SBOM of a lock is then the same before and after a build records them)."""
-    template = msgspec.structs.replace(lock.template, archives={}, compressor={})
-    pins = {"lock_version": lock.lock_version, "template": template,
-            "layer_order": list(lock.layers), "layers": lock.layers}
-    return hashlib.sha256(msgspec.json.encode(pins, order="sorted")).hexdigest()
-
-
 def sbom_filename(lock: Lockfile) -> str:
     t = lock.template
     return f"{t.name}_{t.version}-{t.release}_{t.arch}.spdx.json"
@@ -265,7 +255,8 @@ def document(lock: Lockfile) -> Document:
     # describes outwards, so a consumer starts at DESCRIBES and follows one relationship type.
     relationships = [Relationship("SPDXRef-DOCUMENT", "DESCRIBES", template.spdx_id)]
     relationships += [Relationship(template.spdx_id, "CONTAINS", p.spdx_id) for p in packages]
-    digest = lock_digest(lock)
+    # The lock's stack digest, the one the OCI image carries as its `dev.lxclayer.lock` label.
+    digest = stack_digest(lock).removeprefix("sha256:")
     return Document(
         name=f"{t.name}-{t.version}-{t.release}",
         document_namespace=f"{NAMESPACE_BASE}{_pct(t.name)}-{_pct(t.version)}-{t.release}-{digest}",
