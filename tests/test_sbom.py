@@ -172,6 +172,23 @@ def test_bytes_do_not_depend_on_the_order_the_lock_lists_artifacts_in():
     assert spdx_document(msgspec.structs.replace(lock, layers=layers)) == spdx_document(lock)
 
 
+def test_a_wheel_pinned_under_two_spellings_is_one_package_whatever_the_order():
+    lock = _lock()
+    venvs = lock.layers["services-venvs"]
+    wheels = venvs.artifacts["wheels"]
+    odd = {"extra/Typing_Extensions": msgspec.structs.replace(
+        wheels["frontend/typing-extensions"], name="Typing_Extensions")}
+
+    def with_wheels(w: dict[str, Artifact]) -> bytes:
+        layer = msgspec.structs.replace(venvs, artifacts={**venvs.artifacts, "wheels": w})
+        return spdx_document(msgspec.structs.replace(lock, layers={**lock.layers, "services-venvs": layer}))
+
+    first, last = with_wheels({**odd, **wheels}), with_wheels({**wheels, **odd})
+    assert first == last
+    typing = [p for p in _packages(first).values() if _purl(p).startswith("pkg:pypi/typing-extensions@")]
+    assert [p["name"] for p in typing] == ["Typing_Extensions"]
+
+
 def test_recording_an_archive_in_the_lock_leaves_the_sbom_alone():
     # The SBOM describes what the lock pins; the archives made from those pins are recorded
     # after the build, and must not make the SBOM of the same pins differ.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -173,16 +173,25 @@ def _artifacts(lock: Lockfile, kind: str) -> Iterable[Artifact]:
         yield from layer.artifacts.get(kind, {}).values()
 
 
+def _unique(found: Iterable[Artifact], key: Callable[[Artifact], tuple[str, ...]]) -> list[Artifact]:
+    """One artifact per key, in key order. Of several with one key (the same file pinned twice),
+    the same one whatever order the lock lists them in: the least by name, source and size."""
+    chosen: dict[tuple[str, ...], Artifact] = {}
+    for a in found:
+        k = key(a)
+        if k not in chosen or (a.name, a.source, a.size) < (chosen[k].name, chosen[k].source, chosen[k].size):
+            chosen[k] = a
+    return [chosen[k] for k in sorted(chosen)]
+
+
 def _file_name(source: str) -> str:
     return urllib.parse.unquote(source.rstrip("/").rsplit("/", 1)[-1]) if source else ""
 
 
 def _debs(lock: Lockfile) -> list[tuple[str, Package]]:
     distro = debian_release(lock)
-    unique = {(a.name, a.version, a.arch, a.sha256): a for a in _artifacts(lock, "packages")}
     out = []
-    for key in sorted(unique):
-        a = unique[key]
+    for a in _unique(_artifacts(lock, "packages"), lambda a: (a.name, a.version, a.arch, a.sha256)):
         src = source_package(a.source)
         out.append((f"SPDXRef-deb-{_id_part(a.name)}-{_id_part(a.version)}-{_id_part(a.arch)}", _package(
             spdx_id="",
@@ -201,11 +210,9 @@ def _debs(lock: Lockfile) -> list[tuple[str, Package]]:
 
 def _wheels(lock: Lockfile) -> list[tuple[str, Package]]:
     found = [*_artifacts(lock, "wheels"), *_artifacts(lock, "tools")]
-    unique = {(pypi_name(a.name), a.version, a.sha256): a for a in found}
     out = []
-    for key in sorted(unique):
-        a = unique[key]
-        out.append((f"SPDXRef-pypi-{_id_part(key[0])}-{_id_part(a.version)}", _package(
+    for a in _unique(found, lambda a: (pypi_name(a.name), a.version, a.sha256)):
+        out.append((f"SPDXRef-pypi-{_id_part(pypi_name(a.name))}-{_id_part(a.version)}", _package(
             spdx_id="",
             name=a.name,
             version_info=a.version,
