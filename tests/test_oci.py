@@ -247,3 +247,49 @@ def test_check_refuses_a_layout_pve_would_not_detect(tmp_path):
     r = run_cli("check", str(bad))
     assert r.returncode == 1, (r.stdout + r.stderr)
     assert "no member named exactly 'oci-layout'" in (r.stdout + r.stderr)
+
+
+@pytest.mark.e2e
+def test_boot_test_unpacks_the_image_as_pve_9_1_does_into_the_same_tree_as_the_tar_gz(tmp_path):
+    """Layers in diff_ids order, whiteouts applied, in the user namespace: the same root file
+    system as the tar.gz unpacked as `pct create` does (both by the boot test's unpacker)."""
+    from lxclayer.boottest import unpack as unpacker
+
+    require_root()
+    require_tools("lxc-usernsexec", "tar")
+    unpacker.ensure_subids()
+    proj = write_project(tmp_path / "p")
+    assert _build_oci(proj, tmp_path / "s").returncode == 0
+    image = proj / "dist" / "test-tpl_1.0-1_amd64.tar"
+    import shutil
+    import tempfile
+
+    ws = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="lxclayer-oci-test."))
+    try:
+        os.chmod(ws, 0o711)  # the mapped root must reach the folders it unpacks into
+        unpacker.unpack(image, ws / "from-oci")
+        unpacker.unpack(proj / "dist" / "test-tpl_1.0-1_amd64.tar.gz", ws / "from-tgz")
+        got, want = _tree(ws / "from-oci"), _tree(ws / "from-tgz")
+    finally:
+        shutil.rmtree(ws)
+    assert got == want
+    assert "etc/obsolete.conf" not in got  # deleted by a whiteout in the top layer
+    assert got["etc/redis/redis.conf"][2] >= unpacker.MAPPED_ROOT  # owned inside the user namespace
+
+
+def test_boot_test_refuses_an_image_whose_whiteout_leaves_the_root(tmp_path):
+    import gzip
+    import io
+
+    from lxclayer.boottest import unpack as unpacker
+    from lxclayer.errors import ArchiveError
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tf:
+        info = tarfile.TarInfo("etc/../../.wh.passwd")
+        tf.addfile(info, io.BytesIO(b""))
+    blob = gzip.compress(layer.getvalue(), mtime=0)
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(ArchiveError, match="leaves the root file system"):
+        unpacker._apply_whiteouts(io.BytesIO(blob), ["-z"], root, tmp_path / "t.tar")
