@@ -24,7 +24,7 @@ from .builders.base import Context
 from .definitions import Layer, Project, rel
 from .errors import BuildError, LockError, StoreCorruption
 from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
-from .fsio import remove_stale_temporaries
+from .fsio import atomic_write, remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
@@ -52,6 +52,7 @@ class BuildResult:
     lock_file: Path
     lock_written: bool
     seconds: float
+    sbom: Path | None = None  # the SPDX document written beside the archives
 
 
 class Events:
@@ -330,6 +331,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 stack_lock = _lock_from(project, entries, [], None)
                 archives = [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events)
                             for fmt in formats]
+                sbom = write_sbom(stack_lock, out_dir)
                 break
             except StoreCorruption as e:
                 if mode is Mode.LOCKED or attempt == 2:
@@ -352,7 +354,22 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 locktoml.write(lock_path, new)
                 wrote = True
     return BuildResult(layers=plans, archives=archives, lock_file=lock_path, lock_written=wrote,
-                       seconds=time.monotonic() - t0)
+                       seconds=time.monotonic() - t0, sbom=sbom)
+
+
+def write_sbom(lock: Lockfile, out_dir: Path) -> Path:
+    """`dist/<template>.spdx.json` from the stack's lock alone; rewritten only when it differs."""
+    from .outputs.sbom import sbom_filename, spdx_document
+
+    path = out_dir / sbom_filename(lock)
+    data = spdx_document(lock)
+    try:
+        same = path.read_bytes() == data
+    except OSError:
+        same = False
+    if not same:
+        atomic_write(path, data)
+    return path
 
 
 def _checked_tree(entries: list[LayerEntry], mtime: int) -> Callable[[], list]:

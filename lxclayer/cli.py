@@ -163,6 +163,7 @@ def _result_json(res) -> dict:
                       "composed": a.composed, "chunks": a.chunks, "reused": a.reused,
                       **({"image": a.image} if a.image else {})} for a in res.archives],
         "lock": str(res.lock_file), "lock_written": res.lock_written, "seconds": round(res.seconds, 3),
+        "sbom": str(res.sbom) if res.sbom else None,
     }
 
 
@@ -171,6 +172,8 @@ def _print_result(res) -> None:
         click.echo(f"{a.path}  {_human_size(a.size)}  sha256 {a.sha256}")
         if a.image:
             click.echo(f"  image {a.image}")
+    if res.sbom:
+        click.echo(f"{res.sbom}  SPDX 2.3 SBOM")
     if res.lock_written:
         click.echo(f"wrote {res.lock_file}")
     click.echo(f"done in {res.seconds:.1f}s", err=True)
@@ -402,6 +405,44 @@ def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -
         elif ok_word:
             click.echo(f"{name}: {ok_word}")
     return bad
+
+
+@cli.command()
+@click.argument("reference")
+@click.option("--auth", "auth_file", type=click.Path(dir_okay=False), default=None,
+              help="Registry auth file (docker's config.json format). Default: $REGISTRY_AUTH_FILE, "
+                   "then the files podman and docker use.")
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False), default=None,
+              help="CA certificates for the registry's HTTPS (default: the system's).")
+@click.option("--insecure", is_flag=True,
+              help="Allow plain HTTP to a registry that is not on loopback.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
+    """Push the template's OCI image, with its SBOM attached, to a registry.
+
+    REFERENCE is HOST[:PORT]/REPOSITORY[:TAG] (the tag defaults to VERSION-RELEASE). What is
+    pushed is what the lock pins: the image is made by a `--locked` build of the `oci` format
+    (nothing when dist/ is up to date); only blobs the registry lacks are sent. Prints the
+    image digest to give to `skopeo copy` or Proxmox VE's pull from a registry.
+
+    \b
+    Example:
+      lxclayer push registry.example.com/templates/stock-analysis
+      skopeo copy docker://registry.example.com/templates/stock-analysis@sha256:... \\
+          oci-archive:/var/lib/vz/template/cache/stock-analysis.tar
+    """
+    from .push import push as run_push
+
+    res = run_push(_project(ctx), _store(ctx), reference, auth_file=auth_file, ca_file=ca_file,
+                   insecure=insecure, events=Printer(quiet=as_json))
+    if as_json:
+        click.echo(msgspec.json.encode({"reference": res.reference, "digest": res.digest, "blobs": res.blobs,
+                                        "sent": res.sent, "sbom": res.sbom}).decode())
+    else:
+        click.echo(f"pushed {res.reference} ({res.sent} of {res.blobs} blobs sent)")
+        click.echo(f"  image {res.reference.rsplit(':', 1)[0]}@{res.digest}")
+        click.echo(f"  sbom  {res.sbom} (a referrer of the image)")
 
 
 @cli.command("boot-test")
