@@ -51,6 +51,7 @@ def template_outputs(tmp_path_factory) -> dict[str, Path]:
     archives = {a["format"]: Path(a["path"]) for a in report["archives"]}
     assert archives["tar.gz"].name == "debian-12-stock-analysis_1.0.0-1_amd64.tar.gz"
     assert archives["oci"].name == "debian-12-stock-analysis_1.0.0-1_amd64.tar"
+    archives["sbom"] = Path(report["sbom"])
     return archives
 
 
@@ -104,6 +105,19 @@ def test_the_image_passes_check_and_skopeo_reads_it(template_image):
     assert info["Digest"] == lock.template.archives["oci"].image
     assert len(info["Layers"]) == len(lock.layers)
     assert info["Labels"]["dev.lxclayer.lock"] == locktoml.stack_digest(lock)
+
+
+def test_the_sbom_beside_the_archives_is_the_locks(template_outputs):
+    from lxclayer.lock import toml as locktoml
+    from lxclayer.outputs.sbom import spdx_document
+
+    sbom = template_outputs["sbom"]
+    assert sbom.name == "debian-12-stock-analysis_1.0.0-1_amd64.spdx.json"
+    lock = locktoml.read(REPO / "locks" / "debian-12-stock-analysis.lock")
+    assert sbom.read_bytes() == spdx_document(lock)
+    doc = json.loads(sbom.read_bytes())
+    names = {p["name"] for p in doc["packages"]}
+    assert {"postgresql-15", "redis-server", "rabbitmq-server", "psycopg", "uv"} <= names
 
 
 @pytest.mark.parametrize("fmt", ["tar.gz", "oci"])
