@@ -24,7 +24,7 @@ from .builders.base import Context
 from .definitions import Layer, Project, rel
 from .errors import BuildError, LockError, StoreCorruption
 from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
-from .fsio import remove_stale_temporaries
+from .fsio import atomic_write, remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
@@ -52,6 +52,7 @@ class BuildResult:
     lock_file: Path
     lock_written: bool
     seconds: float
+    sbom: Path | None = None  # the SPDX document written beside the archives
 
 
 class Events:
@@ -269,7 +270,8 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
     t = project.template
     # Formats built now, plus those of the old lock that were not built this time, as long as
     # the stack is unchanged (`build --format tar.zst` must not drop the lock's tar.gz).
-    archives_map = {a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size) for a in archives}
+    archives_map = {a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size, image=a.image)
+                    for a in archives}
     compressors = {a.format: outputs.exporter(a.format).compressor() for a in archives}
     if old is not None and [la.output for la in old.layers.values()] == [la.output for la in layers.values()]:
         for fmt, arch in old.template.archives.items():
@@ -326,8 +328,10 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                     plans.append(p)
                     events.layer_done(p)
                 tree = _checked_tree(entries, project.template.source_date_epoch)
-                archives = [_export(project, store, tree, fmt, out_dir, entries, jobs, events)
+                stack_lock = _lock_from(project, entries, [], None)
+                archives = [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events)
                             for fmt in formats]
+                sbom = write_sbom(stack_lock, out_dir)
                 break
             except StoreCorruption as e:
                 if mode is Mode.LOCKED or attempt == 2:
@@ -350,7 +354,22 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 locktoml.write(lock_path, new)
                 wrote = True
     return BuildResult(layers=plans, archives=archives, lock_file=lock_path, lock_written=wrote,
-                       seconds=time.monotonic() - t0)
+                       seconds=time.monotonic() - t0, sbom=sbom)
+
+
+def write_sbom(lock: Lockfile, out_dir: Path) -> Path:
+    """`dist/<template>.spdx.json` from the stack's lock alone; rewritten only when it differs."""
+    from .outputs.sbom import sbom_filename, spdx_document
+
+    path = out_dir / sbom_filename(lock)
+    data = spdx_document(lock)
+    try:
+        same = path.read_bytes() == data
+    except OSError:
+        same = False
+    if not same:
+        atomic_write(path, data)
+    return path
 
 
 def _checked_tree(entries: list[LayerEntry], mtime: int) -> Callable[[], list]:
@@ -380,9 +399,9 @@ def _members(entries):
                      size=e.size, linkname=e.target, xattrs=tuple(e.xattrs))
 
 def _export(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
-            entries: list[LayerEntry], jobs: int | None, events: Events) -> ArchiveInfo:
+            entries: list[LayerEntry], stack_lock: Lockfile, jobs: int | None, events: Events) -> ArchiveInfo:
     job = ExportJob(template=project.template, store=store, layers=entries, tree=tree, out_dir=out_dir,
-                    jobs=jobs, progress=lambda n, r: events.compose_progress(fmt, n, r),
+                    lock=stack_lock, jobs=jobs, progress=lambda n, r: events.compose_progress(fmt, n, r),
                     started=lambda path: events.compose_start(fmt, path))
     info = outputs.exporter(fmt).export(job)
     events.compose_done(info)

@@ -117,8 +117,9 @@ class Printer:
     def compose_done(self, info) -> None:
         self._stop_ticker()
         if info.composed:
+            what = "layer blobs" if info.image else "chunks"
             self._line(f"  composed {info.path.name} in {info.seconds:.1f}s"
-                       f" ({info.reused} of {info.chunks} chunks reused)")
+                       f" ({info.reused} of {info.chunks} {what} reused)")
         else:
             self._line(f"  up to date {info.path.name}")
 
@@ -159,14 +160,20 @@ def _result_json(res) -> dict:
         "layers": [{"name": p.name, "kind": p.kind, "state": p.state, "reasons": p.reasons,
                     "input": p.input, "output": p.output, "seconds": round(p.seconds, 3)} for p in res.layers],
         "archives": [{"format": a.format, "path": str(a.path), "sha256": a.sha256, "size": a.size,
-                      "composed": a.composed, "chunks": a.chunks, "reused": a.reused} for a in res.archives],
+                      "composed": a.composed, "chunks": a.chunks, "reused": a.reused,
+                      **({"image": a.image} if a.image else {})} for a in res.archives],
         "lock": str(res.lock_file), "lock_written": res.lock_written, "seconds": round(res.seconds, 3),
+        "sbom": str(res.sbom) if res.sbom else None,
     }
 
 
 def _print_result(res) -> None:
     for a in res.archives:
         click.echo(f"{a.path}  {_human_size(a.size)}  sha256 {a.sha256}")
+        if a.image:
+            click.echo(f"  image {a.image}")
+    if res.sbom:
+        click.echo(f"{res.sbom}  SPDX 2.3 SBOM")
     if res.lock_written:
         click.echo(f"wrote {res.lock_file}")
     click.echo(f"done in {res.seconds:.1f}s", err=True)
@@ -306,9 +313,9 @@ def check(archive, as_json) -> None:
       lxclayer check dist/debian-12-stock-analysis_1.0.0-1_amd64.tar.gz
       lxclayer check /var/lib/vz/template/cache/debian-12-standard_12.12-1_amd64.tar.zst
     """
-    from .check import check_archive
+    from .outputs import check as check_output
 
-    violations = check_archive(archive)
+    violations = check_output(archive)
     if as_json:
         click.echo(msgspec.json.encode(violations).decode())
     else:
@@ -377,28 +384,65 @@ def verify(ctx, rebuild, layers) -> None:
 
     project = _project(ctx)
     store = _store(ctx)
-    bad = 0
     # A rebuild needs no lock (it builds what is missing first); a store check checks the lock's.
     checked = verify_store(project, store, list(layers)) if not rebuild or project.lock_file.exists() else {}
-    for name, problems in checked.items():
-        if problems:
-            bad += 1
-            click.echo(f"{name}: damaged")
-            for line in problems:
-                click.echo(f"  {line}")
-        elif not rebuild:
-            click.echo(f"{name}: ok")
+    bad = _report(checked, "damaged", None if rebuild else "ok")
     if rebuild:
-        diffs = verify_rebuild(project, store, list(layers), events=Printer())
-        for name, lines in diffs.items():
-            if lines:
-                bad += 1
-                click.echo(f"{name}: not reproducible")
-                for line in lines:
-                    click.echo(f"  {line}")
-            else:
-                click.echo(f"{name}: reproducible")
+        bad += _report(verify_rebuild(project, store, list(layers), events=Printer()), "not reproducible",
+                       "reproducible")
     sys.exit(1 if bad else 0)
+
+
+def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -> int:
+    """Print per layer `NAME: bad_word` and its lines, or `NAME: ok_word`; the number of bad ones."""
+    bad = 0
+    for name, lines in results.items():
+        if lines:
+            bad += 1
+            click.echo(f"{name}: {bad_word}")
+            for line in lines:
+                click.echo(f"  {line}")
+        elif ok_word:
+            click.echo(f"{name}: {ok_word}")
+    return bad
+
+
+@cli.command()
+@click.argument("reference")
+@click.option("--auth", "auth_file", type=click.Path(dir_okay=False), default=None,
+              help="Registry auth file (docker's config.json format). Default: $REGISTRY_AUTH_FILE, "
+                   "then the files podman and docker use.")
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False), default=None,
+              help="CA certificates for the registry's HTTPS (default: the system's).")
+@click.option("--insecure", is_flag=True,
+              help="Allow plain HTTP to a registry that is not on loopback.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
+    """Push the template's OCI image, with its SBOM attached, to a registry.
+
+    REFERENCE is HOST[:PORT]/REPOSITORY[:TAG] (the tag defaults to VERSION-RELEASE). What is
+    pushed is what the lock pins: the image is made by a `--locked` build of the `oci` format
+    (nothing when dist/ is up to date); only blobs the registry lacks are sent. Prints the
+    image digest to give to `skopeo copy` or Proxmox VE's pull from a registry.
+
+    \b
+    Example:
+      lxclayer push registry.example.com/templates/stock-analysis
+      skopeo copy docker://registry.example.com/templates/stock-analysis@sha256:... \\
+          oci-archive:/var/lib/vz/template/cache/stock-analysis.tar
+    """
+    from .push import push as run_push
+
+    res = run_push(_project(ctx), _store(ctx), reference, auth_file=auth_file, ca_file=ca_file,
+                   insecure=insecure, events=Printer(quiet=as_json))
+    if as_json:
+        click.echo(msgspec.json.encode({"reference": res.reference, "digest": res.digest, "blobs": res.blobs,
+                                        "sent": res.sent, "sbom": res.sbom}).decode())
+    else:
+        click.echo(f"pushed {res.reference} ({res.sent} of {res.blobs} blobs sent)")
+        click.echo(f"  image {res.reference.rsplit(':', 1)[0]}@{res.digest}")
+        click.echo(f"  sbom  {res.sbom} (a referrer of the image)")
 
 
 @cli.command("boot-test")
@@ -427,7 +471,9 @@ def boot_test(ctx, archive, timeout, no_reboot, no_network, as_json) -> None:
     project = _project(ctx)
     tpl = project.template
     if archive is None:
-        archive = project.root / "dist" / f"{tpl.basename}.{tpl.formats[0]}"
+        from .outputs import exporter
+
+        archive = project.root / "dist" / exporter(tpl.formats[0]).filename(tpl)
         if not archive.exists():
             raise UserError(f"{archive} does not exist: run `lxclayer build` first, or name an archive")
     printer = Printer(quiet=as_json)

@@ -229,7 +229,9 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
     try:
         f = prealloc.GrowingFile(fd)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            w = threading.Thread(target=writer, args=(f,), name="lxclayer-compose-writer")
+            # A daemon: an interrupt (Ctrl-C) that unwinds the main thread must not leave the
+            # process waiting for a writer that waits for chunks.
+            w = threading.Thread(target=writer, args=(f,), name="lxclayer-compose-writer", daemon=True)
             w.start()
             try:
                 for chunk in plan_chunks(entries, fmt, mtime):

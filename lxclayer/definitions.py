@@ -5,38 +5,30 @@ with a `layer.toml` and the files beside it. Every definition is decoded with ms
 structs; every problem becomes a :class:`~lxclayer.errors.DefinitionError` naming the file, the
 key and the reason.
 
-The settings of each layer kind are declared by its builder module (see
-:mod:`lxclayer.builders`); this module knows only what all kinds share.
+The settings of each layer kind, and their validation, are declared by its module in
+:mod:`lxclayer.kinds`; this module imports no builder.
 """
 
 import re
 import tomllib
 import typing
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from . import kinds as kindmods
 from . import outputs
 from .boottest.spec import Check, Fault
 from .errors import DefinitionError
 from .fsio import read_regular
+from .kinds.base import LAYER_FILE, MODE_RE, Layer, LayerSpec, container_path, parse_mode, rel  # noqa: F401 (re-exported)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+_-]*$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~]*$")
-MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 
 TEMPLATE_FILE = "template.toml"
-LAYER_FILE = "layer.toml"
-
-class LayerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
-    """Settings every layer kind has. Builders subclass it with `tag="<kind>"`."""
-
-    description: str = ""
-    # Layers that must stand below this one in the stack.
-    requires: list[str] = []
-
 
 class Template(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
@@ -52,18 +44,6 @@ class Template(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def basename(self) -> str:
         return f"{self.name}_{self.version}-{self.release}_{self.arch}"
-
-
-@dataclass(frozen=True)
-class Layer:
-    name: str
-    dir: Path
-    file: Path
-    spec: LayerSpec
-
-    @property
-    def kind(self) -> str:
-        return type(self.spec).__struct_config__.tag  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -96,18 +76,6 @@ class Project:
 
 
 # --- helpers shared with the builders -------------------------------------------------------
-
-
-def rel(path: Path, root: Path | None = None) -> str:
-    """A path as the user should see it in a message: relative to `root` or the cwd if inside."""
-    for base in (root, Path.cwd()):
-        if base is None:
-            continue
-        try:
-            return str(path.resolve().relative_to(base.resolve()))
-        except ValueError:
-            continue
-    return str(path)
 
 
 def msgspec_key(err: msgspec.ValidationError) -> tuple[str | None, str]:
@@ -205,31 +173,6 @@ def _converts(value: Any, typ: Any) -> bool:
         return False
 
 
-def container_path(value: str, *, file: str, key: str) -> str:
-    """Normalise a path inside the root file system: `/etc/x` and `etc/x` both give `etc/x`.
-
-    Refuses empty paths, NUL bytes, and any `..` component (a path must not leave the root)."""
-    if not isinstance(value, str) or not value or "\0" in value:
-        raise DefinitionError("must be a non-empty path", file=file, key=key)
-    parts = [p for p in PurePosixPath(value).parts if p not in ("/", ".")]
-    if any(p == ".." for p in parts):
-        raise DefinitionError(f"path {value!r} leaves the root file system ('..')", file=file, key=key)
-    if not parts:
-        raise DefinitionError(f"path {value!r} names the root itself", file=file, key=key)
-    return "/".join(parts)
-
-
-def parse_mode(value: str | int, *, file: str, key: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if 0 <= value <= 0o7777:
-            return value
-    elif isinstance(value, str) and MODE_RE.match(value):
-        return int(value, 8)
-    raise DefinitionError(
-        f"mode {value!r} is not an octal mode like \"0644\" or 0o644", file=file, key=key
-    )
-
-
 # --- loading ---------------------------------------------------------------------------------
 
 
@@ -281,7 +224,6 @@ def load_template(file: Path, root: Path) -> Template:
 
 
 def load_layer(name: str, layers_dir: Path, root: Path, *, listed_in: str, key: str) -> Layer:
-    from .builders import registry
 
     folder = layers_dir / name
     if not NAME_RE.match(name):
@@ -294,7 +236,7 @@ def load_layer(name: str, layers_dir: Path, root: Path, *, listed_in: str, key: 
     shown = rel(file, root)
     data = read_toml(file, root)
     kind = data.get("kind")
-    kinds = registry()
+    kinds = kindmods.names()
     if kind is None:
         raise DefinitionError(
             f"required key is missing (one of: {', '.join(sorted(kinds))})", file=shown, key="kind"
@@ -309,13 +251,13 @@ def load_layer(name: str, layers_dir: Path, root: Path, *, listed_in: str, key: 
             f"unknown layer kind {kind!r} (known: {', '.join(sorted(kinds))})",
             file=shown, key="kind",
         )
-    builder = kinds[kind]
-    spec = decode(data, builder.Settings, shown)
+    module = kindmods.kind(kind)
+    spec = decode(data, module.Settings, shown)
     for i, req in enumerate(spec.requires):
         if not NAME_RE.match(req):
             raise DefinitionError(f"{req!r} is not a valid layer name", file=shown, key=f"requires[{i}]")
     layer = Layer(name=name, dir=folder, file=file, spec=spec)
-    builder.validate(layer, shown)
+    module.validate(layer, shown)
     return layer
 
 

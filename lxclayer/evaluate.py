@@ -17,6 +17,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from .builders import builder
 from .definitions import Layer, Project
 from .digest import digest
@@ -51,8 +53,6 @@ class Derivation:
 
     def meta_record(self) -> dict[str, Any]:
         """The record as a store entry keeps it (with the settings, to explain a later change)."""
-        import msgspec
-
         rec = msgspec.to_builtins(self.record)
         rec["settings_data"] = self.settings_data
         return rec

@@ -69,7 +69,7 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
                 continue  # the stack is incomplete: its chunks cannot be named, and are not needed
             for fmt in lock.template.archives:
                 if fmt in outputs.FORMATS:
-                    outputs.exporter(fmt).keep(stack, lock.template.source_date_epoch, keep)
+                    outputs.exporter(fmt).keep(store, lock, stack, keep)
         swept = store.sweep(keep, dry_run=dry_run)
         for f in fields(Swept):
             setattr(res, f.name, getattr(swept, f.name))

@@ -18,9 +18,9 @@ from pathlib import Path
 import msgspec
 import xxhash
 
-from .definitions import LAYER_FILE, rel
 from .digest import digest_bytes, normalise_text, seal, unseal
 from .errors import DefinitionError
+from .kinds.base import LAYER_FILE, rel
 from .lock.model import EMPTY_DIR
 
 IGNORED_DIRS = (".git", "__pycache__")

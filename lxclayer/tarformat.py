@@ -23,10 +23,6 @@ def member_name(e: Entry) -> str:
     return f"./{e.path}/" if e.type == "dir" else f"./{e.path}"
 
 
-def _octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)
-
-
 def _pax_record(key: str, value: bytes) -> bytes:
     body = b" " + key.encode() + b"=" + value + b"\n"
     n = len(body) + 1
@@ -82,6 +78,13 @@ def header(e: Entry) -> bytes:
     out += _header(name, e.mode, e.uid, e.gid, size if size <= _MAX_OCTAL_12 else 0, mtime,
                    _TYPEFLAG[e.type], link, e.major, e.minor)
     return out
+
+
+def plain_header(name: str, size: int, mtime: int, *, directory: bool = False) -> bytes:
+    """A ustar header for a member that is not a template path (the OCI layout's files):
+    owner 0:0, mode 0644 (0755 for a directory), the name as given."""
+    return _header(name.encode(), 0o755 if directory else 0o644, 0, 0, size, mtime,
+                   b"5" if directory else b"0")
 
 
 def root_header(mtime: int) -> bytes:

@@ -38,8 +38,6 @@ except Exception as e:
 print(json.dumps({"status": status, "body": body.decode("utf-8", "replace")}))
 """
 
-MISSING = object()
-
 
 def problems(check: Check) -> str | None:
     """Why a check cannot run as declared, or None."""

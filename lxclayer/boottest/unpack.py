@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -89,6 +90,10 @@ def failure_message(archive: Path, returncode: int, stderr: str, limit: int = 3)
 def unpack(archive: Path, root: Path) -> float:
     """Unpack `archive` into the new folder `root` (created here, owned by the mapped root).
     Returns the bytes read according to tar's totals, or 0 when unknown."""
+    from ..outputs import format_of
+
+    if format_of(archive) == "oci":
+        return unpack_oci(archive, root)
     suffix = archive_suffix(archive)
     tool = DECOMPRESSOR.get(suffix)
     # Without the zstd program, decompress here (python zstandard) and give tar the plain
@@ -149,3 +154,137 @@ def _tar_from_zstd(f, argv: list[str]) -> tuple[int, str]:
         err.seek(0)
         stderr = problem + err.read().decode(errors="replace")
     return (code or (2 if problem else 0)), stderr
+
+
+# --- OCI images, as Proxmox VE 9.1 unpacks them --------------------------------------------------
+
+# Layer media types PVE applies (others are skipped, as it does), and tar's flag for each.
+OCI_LAYERS = {
+    "application/vnd.oci.image.layer.v1.tar": [],
+    "application/vnd.oci.image.layer.v1.tar+gzip": ["-z"],
+    "application/vnd.oci.image.layer.v1.tar+zstd": ["--zstd"],
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": [],
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": ["-z"],
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": ["--zstd"],
+}
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+def oci_layer_command(root: Path, flags: list[str]) -> list[str]:
+    """tar for one image layer, in the container's user namespace: owners, modes and xattrs kept,
+    whiteout markers not written (they were applied before), /dev left to LXC as pct does."""
+    return [
+        "lxc-usernsexec", "-m", f"u:{ID_MAP}", "-m", f"g:{ID_MAP}", "--",
+        "tar", "xpf", "-", *flags,
+        "--totals", "--one-file-system", "-p", "--numeric-owner", "--acls",
+        "--xattrs", "--xattrs-include=user.*", "--xattrs-include=security.capability",
+        "--warning=no-file-ignored", "--warning=no-xattr-write",
+        "-C", str(root), "--anchored", "--exclude", "dev/*", "--exclude", "./dev/*",
+        "--no-anchored", "--wildcards", "--exclude", f"{WHITEOUT}*",
+    ]
+
+
+def _inside(root: Path, name: str, archive: Path) -> Path:
+    """`root`/`name` for a whiteout's target, refusing names that leave the root or pass through
+    a symlink (a layer must not delete what is not in the container)."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
+        raise ArchiveError(f"whiteout {name!r} leaves the root file system", file=str(archive))
+    path = root
+    for p in parts[:-1]:
+        path = path / p
+        if path.is_symlink():
+            raise ArchiveError(f"whiteout {name!r} passes through the symlink {p!r}", file=str(archive))
+    return path / parts[-1] if parts else root
+
+
+def _apply_whiteouts(blob, flags: list[str], root: Path, archive: Path) -> None:
+    """Delete what the layer's whiteouts name, before the layer is unpacked (as PVE does)."""
+    import tarfile
+
+    mode = {"-z": "r|gz", "--zstd": None}.get(flags[0] if flags else "", "r|")
+    if mode is None:
+        import zstandard
+
+        blob = zstandard.ZstdDecompressor().stream_reader(blob)
+        mode = "r|"
+    try:
+        with tarfile.open(fileobj=blob, mode=mode) as tf:
+            for m in tf:
+                head, _, base = m.name.rstrip("/").rpartition("/")
+                if not base.startswith(WHITEOUT):
+                    continue
+                if base == OPAQUE:
+                    target = _inside(root, head or ".", archive)
+                    if target.is_dir() and not target.is_symlink():
+                        for child in target.iterdir():
+                            _remove(child)
+                    continue
+                _remove(_inside(root, f"{head}/{base[len(WHITEOUT):]}" if head else base[len(WHITEOUT):], archive))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise ArchiveError(f"a layer does not read as a tar: {e}", file=str(archive)) from None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+class _Slice:
+    """A file-like view of `size` bytes of `f` from `offset` (a blob inside the layout tar)."""
+
+    def __init__(self, f, offset: int, size: int):
+        self.f, self.left = f, size
+        f.seek(offset)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.f.read(self.left if n is None or n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
+def unpack_oci(archive: Path, root: Path) -> float:
+    """Unpack an OCI image layout tar the way PVE 9.1 does: the first manifest of index.json,
+    its layers in `rootfs.diff_ids` order, each layer's whiteouts applied before it is
+    unpacked, everything inside the container's user namespace. Returns the bytes unpacked."""
+    from ..outputs.oci import read_layout
+
+    layout = read_layout(archive)  # ArchiveError when PVE would not take it as an image
+    root.mkdir(mode=0o755)
+    os.chown(root, MAPPED_ROOT, MAPPED_ROOT)
+    total = 0.0
+    with open(archive, "rb") as f:
+        for d in layout.manifest.layers:
+            flags = OCI_LAYERS.get(d.media_type)
+            if flags is None:
+                continue  # PVE applies only tar layers
+            offset, size = layout.blobs[d.digest]
+            _apply_whiteouts(_Slice(f, offset, size), flags, root, archive)
+            with tempfile.TemporaryFile() as err:
+                proc = subprocess.Popen(oci_layer_command(root, flags), stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=err)
+                assert proc.stdin is not None
+                src = _Slice(f, offset, size)
+                try:
+                    while data := src.read(1 << 20):
+                        proc.stdin.write(data)
+                except BrokenPipeError:
+                    pass
+                finally:
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.close()
+                code = proc.wait()
+                err.seek(0)
+                stderr = err.read().decode(errors="replace")
+            if code != 0:
+                raise ArchiveError(f"layer {d.digest}: " + failure_message(archive, code, stderr), file=str(archive))
+            for line in stderr.splitlines():
+                if line.startswith("Total bytes read:"):
+                    with contextlib.suppress(ValueError, IndexError):
+                        total += float(line.split(":", 1)[1].split()[0])
+    return total

@@ -4,15 +4,15 @@ A builder module defines:
 
 - ``KIND`` (the ``kind`` in layer.toml) and ``VERSION`` (bumped when its output changes for the
   same inputs; it is part of every input digest it makes);
-- ``Settings``: a :class:`~lxclayer.definitions.LayerSpec` subclass with ``tag=KIND``;
+- ``Settings`` and ``validate``, imported from its kind's module in :mod:`lxclayer.kinds` (the
+  settings are definitions' business; definitions import kinds, never builders);
 - ``READS_BELOW``: whether what it builds depends on the layers below (then their output
   digests are part of its input digest);
-- ``validate(layer, shown)``: checks beyond types (paths, files beside layer.toml);
 - ``realise(ctx) -> Result``: build the layer (see :mod:`lxclayer.builders.base`);
 - optionally ``resolve(ctx) -> artifacts`` (pin what it installs) and
   ``resolved_inputs(ctx) -> dict`` (facts read from the stack below that its output depends on).
 
-Adding a kind is adding a module and naming it in ``MODULES``.
+Adding a kind is a module here and one in :mod:`lxclayer.kinds`, each named in its ``MODULES``.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ from typing import BinaryIO
 
 import zstandard
 
-from ..definitions import Layer, LayerSpec, rel
-from ..errors import BuildError, DefinitionError, UserError
+from ..definitions import rel
+from ..errors import BuildError, UserError
+from ..kinds.importtar import SHA256_HEX, Settings, validate  # noqa: F401 (what the engine asks a builder for)
 from ..lock.model import Artifact
 from ..manifest import Entry, sorted_entries
 from ..scan import kept_xattr
@@ -26,29 +27,6 @@ KIND = "import"
 VERSION = 1
 READS_BELOW = False
 
-SHA256_HEX = 64
-
-
-class Settings(LayerSpec, tag=KIND):
-    sha256: str
-    path: str | None = None  # relative to the layer folder
-    url: str | None = None
-
-
-def validate(layer: Layer, shown: str) -> None:
-    s: Settings = layer.spec  # type: ignore[assignment]
-    if (s.path is None) == (s.url is None):
-        raise DefinitionError("give exactly one of `path` and `url`", file=shown, key="path")
-    if len(s.sha256) != SHA256_HEX or any(c not in "0123456789abcdef" for c in s.sha256):
-        raise DefinitionError("must be 64 lower-case hex digits", file=shown, key="sha256")
-    if s.url is not None and not s.url.startswith(("http://", "https://", "file://")):
-        raise DefinitionError("must be an http(s):// or file:// URL", file=shown, key="url")
-    if s.path is not None:
-        p = PurePosixPath(s.path)
-        if p.is_absolute() or ".." in p.parts:
-            raise DefinitionError("must be a file inside the layer folder", file=shown, key="path")
-        if not (layer.dir / s.path).is_file():
-            raise DefinitionError(f"file {s.path!r} not found beside layer.toml", file=shown, key="path")
 
 
 def _name(s: Settings) -> str:

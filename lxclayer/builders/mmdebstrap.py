@@ -14,19 +14,15 @@ set is checked against the pins with dpkg-query. Then the mirrors are written to
 """
 
 import os
-import re
 import shlex
 import shutil
 import time
 from functools import cache
 from pathlib import Path
 
-import msgspec
-
 from .. import hermetic
 from ..debian.apt import (
     KEYRING,
-    PKG_NAME_RE,
     VARIANTS,
     HostApt,
     SourceLine,
@@ -39,31 +35,14 @@ from ..debian.fetch import deb_urls, fetch_all
 from ..debian.layer import check_installed, installed, require_root, require_tool, scan_base, shown
 from ..debian.normalise import normalise
 from ..debian.repo import make_repo
-from ..definitions import Layer, LayerSpec
-from ..errors import BuildError, DefinitionError
+from ..errors import BuildError
+from ..kinds.mmdebstrap import COMPONENT_RE, DEFAULT_MIRROR, SUITE_RE, Settings, _is_line, validate  # noqa: F401 (what the engine asks a builder for)
 from ..lock.model import Artifact
 from .base import Artifacts, Context, Result
 
 KIND = "mmdebstrap"
 VERSION = 1
 READS_BELOW = False
-
-SUITE_RE = re.compile(r"^[a-z0-9][a-z0-9.+_/-]*$")
-COMPONENT_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*$")
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-
-
-class Settings(LayerSpec, tag=KIND):
-    suite: str
-    variant: str = "minbase"
-    components: list[str] = msgspec.field(default_factory=lambda: ["main"])
-    # Each an archive URL (then `deb URL suite components`) or a whole `deb ...` sources line.
-    mirrors: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_MIRROR])
-    packages: list[str] = []
-
-
-def _is_line(m: str) -> bool:
-    return m.startswith(("deb ", "deb\t"))
 
 
 def sources(s: Settings) -> list[SourceLine]:
@@ -74,44 +53,6 @@ def sources(s: Settings) -> list[SourceLine]:
         else:
             out.append(SourceLine(uri=m.rstrip("/"), suite=s.suite, components=tuple(s.components)))
     return out
-
-
-def validate(layer: Layer, shown_file: str) -> None:
-    s: Settings = layer.spec  # type: ignore[assignment]
-    if not SUITE_RE.match(s.suite):
-        raise DefinitionError(f"{s.suite!r} is not a suite name like \"bookworm\"", file=shown_file, key="suite")
-    if s.variant not in VARIANTS or VARIANTS[s.variant] is None:
-        known = ", ".join(k for k, v in VARIANTS.items() if v is not None)
-        raise DefinitionError(f"unknown variant {s.variant!r} (one of: {known})", file=shown_file, key="variant")
-    if not s.components:
-        raise DefinitionError("at least one component is needed", file=shown_file, key="components")
-    for i, c in enumerate(s.components):
-        if not COMPONENT_RE.match(c):
-            raise DefinitionError(f"{c!r} is not a component name", file=shown_file, key=f"components[{i}]")
-    if not s.mirrors:
-        raise DefinitionError("at least one mirror is needed", file=shown_file, key="mirrors")
-    for i, m in enumerate(s.mirrors):
-        if _is_line(m):
-            try:
-                parse_source_line(m)
-            except ValueError as e:
-                raise DefinitionError(f"bad sources line: {e}", file=shown_file, key=f"mirrors[{i}]") from None
-        elif not re.match(r"^(https?|file)://\S+$", m):
-            raise DefinitionError(
-                f"{m!r} is neither an http(s):// or file:// URL nor a 'deb ...' sources line",
-                file=shown_file, key=f"mirrors[{i}]",
-            )
-    for i, p in enumerate(s.packages):
-        if "=" in p:
-            raise DefinitionError(
-                f"{p!r}: give package names only; versions are pinned by the lockfile",
-                file=shown_file, key=f"packages[{i}]",
-            )
-        if not PKG_NAME_RE.match(p):
-            raise DefinitionError(f"{p!r} is not a Debian package name", file=shown_file, key=f"packages[{i}]")
-    if len(set(s.packages)) != len(s.packages):
-        dup = next(p for p in s.packages if s.packages.count(p) > 1)
-        raise DefinitionError(f"{dup!r} is listed twice", file=shown_file, key="packages")
 
 
 def _host_sources(s: Settings) -> list[str]:

@@ -10,12 +10,11 @@ run and taken out again); the layer is then only as reproducible as what it down
 The layer is the difference the script made, normalised like every Debian layer.
 """
 
-from pathlib import PurePosixPath
 
 from ..debian.chroot import Bind, Chroot
 from ..debian.layer import build_in_chroot, require_root, require_tool, shown
-from ..definitions import Layer, LayerSpec
-from ..errors import BuildError, DefinitionError
+from ..errors import BuildError
+from ..kinds.script import Settings, validate  # noqa: F401 (what the engine asks a builder for)
 from .base import Context, Result
 
 KIND = "script"
@@ -23,24 +22,6 @@ VERSION = 1
 READS_BELOW = True
 
 LAYER_INSIDE = "/run/lxclayer/layer"
-
-
-class Settings(LayerSpec, tag=KIND):
-    script: str  # a file beside layer.toml
-    network: bool = False
-    env: dict[str, str] = {}
-
-
-def validate(layer: Layer, shown_file: str) -> None:
-    s: Settings = layer.spec  # type: ignore[assignment]
-    p = PurePosixPath(s.script)
-    if not s.script or p.is_absolute() or ".." in p.parts:
-        raise DefinitionError("must be a file inside the layer folder", file=shown_file, key="script")
-    if not (layer.dir / s.script).is_file():
-        raise DefinitionError(f"file {s.script!r} not found beside layer.toml", file=shown_file, key="script")
-    for k in s.env:
-        if not k or not (k[0].isalpha() or k[0] == "_") or not all(c.isalnum() or c == "_" for c in k):
-            raise DefinitionError(f"{k!r} is not an environment variable name", file=shown_file, key=f"env.{k}")
 
 
 def realise(ctx: Context) -> Result:

@@ -100,10 +100,6 @@ def parse_sources(text: str, deb822: bool = False) -> list[SourceLine]:
     return out
 
 
-def archive_base(uri: str) -> str:
-    return uri.rstrip("/")
-
-
 # --- the Packages index -------------------------------------------------------------------------
 
 

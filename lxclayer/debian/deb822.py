@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 
 def paragraphs(text: str) -> Iterator[dict[str, str]]:
@@ -39,18 +39,3 @@ def format_paragraph(fields: dict[str, str]) -> str:
         out.append(f"{k}: {first}".rstrip())
         out.extend(rest)
     return "\n".join(out) + "\n"
-
-
-def format_paragraphs(paras: Iterable[dict[str, str]]) -> str:
-    return "\n".join(format_paragraph(p) for p in paras)
-
-
-def package_names(field: str) -> list[str]:
-    """Names in a Depends-like field (every alternative), without versions and arch."""
-    out = []
-    for group in field.split(","):
-        for alt in group.split("|"):
-            name = alt.strip().split(" ", 1)[0].split("(", 1)[0].split(":", 1)[0].strip()
-            if name:
-                out.append(name)
-    return out

@@ -18,24 +18,6 @@ class DebError(Exception):
     pass
 
 
-def ar_members(data: bytes) -> dict[str, bytes]:
-    if not data.startswith(AR_MAGIC):
-        raise DebError("not an ar archive")
-    pos = len(AR_MAGIC)
-    out: dict[str, bytes] = {}
-    while pos + 60 <= len(data):
-        header = data[pos:pos + 60]
-        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
-        try:
-            size = int(header[48:58].decode("ascii").strip())
-        except ValueError:
-            raise DebError("bad ar member header") from None
-        pos += 60
-        out[name] = data[pos:pos + size]
-        pos += size + (size & 1)
-    return out
-
-
 def _decompress(name: str, blob: bytes) -> bytes:
     if name.endswith(".xz"):
         return lzma.decompress(blob)

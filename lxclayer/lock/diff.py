@@ -106,7 +106,8 @@ def _archives(old: Lockfile | None, new: Lockfile | None) -> list[Change]:
             it = x or y
             assert it is not None
             sign = "+" if x is None else "-"
-            detail = f"{sign} {it.file} ({size_text(it.size)}, sha256 {short(it.sha256)})"
+            image = f", image {it.image}" if it.image else ""
+            detail = f"{sign} {it.file} ({size_text(it.size)}, sha256 {short(it.sha256)}{image})"
         else:
             parts = []
             if x.file != y.file:
@@ -116,6 +117,8 @@ def _archives(old: Lockfile | None, new: Lockfile | None) -> list[Change]:
                              f"({size_text(y.size - x.size, signed=True)})")
             if x.sha256 != y.sha256:
                 parts.append(f"sha256 {short(x.sha256)} → {short(y.sha256)}")
+            if x.image != y.image:
+                parts.append(f"image {x.image or '-'} → {y.image or '-'}")
             detail = ", ".join(parts)
         out.append(Change(kind="archive", layer=None, name=fmt,
                           old=x.sha256 if x else None, new=y.sha256 if y else None,

@@ -34,10 +34,13 @@ class LockedLayer(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     artifacts: dict[str, dict[str, Artifact]] = {}
 
 
-class LockedArchive(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class LockedArchive(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     file: str
     sha256: str
     size: int
+    # An image format's content address: the OCI image manifest's digest, which a registry
+    # pull, `skopeo inspect` and PVE's storage show ("" for plain archives).
+    image: str = ""
 
 
 class LockedTemplate(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):

@@ -99,8 +99,10 @@ def dumps(lock: Lockfile) -> str:
     ]))
     for fmt in sorted(t.archives):
         a = t.archives[fmt]
-        parts.append("\n" + _table(["template", "archives", fmt], [
-            ("file", value(a.file)), ("sha256", value(a.sha256)), ("size", value(a.size))]))
+        pairs = [("file", value(a.file)), ("sha256", value(a.sha256)), ("size", value(a.size))]
+        if a.image:
+            pairs.append(("image", value(a.image)))
+        parts.append("\n" + _table(["template", "archives", fmt], pairs))
     if t.compressor:
         parts.append("\n" + _table(["template", "compressor"], _sorted_dict(t.compressor)))
     for name, layer in lock.layers.items():
@@ -122,6 +124,15 @@ def dumps(lock: Lockfile) -> str:
             parts.append("\n" + _table(["layers", name, "artifacts", kind],
                                        [(n, _artifact(n, arts[n])) for n in sorted(arts)]))
     return "".join(parts)
+
+
+def stack_digest(lock: Lockfile) -> str:
+    """sha256 of the lock's text without its archives: what pins the stack, before any output is
+    made from it (an OCI image carries it as a label, so it cannot include the image's digest)."""
+    import hashlib
+
+    bare = msgspec.structs.replace(lock, template=msgspec.structs.replace(lock.template, archives={}, compressor={}))
+    return "sha256:" + hashlib.sha256(dumps(bare).encode()).hexdigest()
 
 
 def write(path: Path, lock: Lockfile) -> None:

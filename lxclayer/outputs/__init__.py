@@ -8,14 +8,20 @@ registry names formats without importing their modules, so loading a definition 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from .base import ArchiveInfo, Exporter, ExportJob
+
+if TYPE_CHECKING:
+    from ..check import Violation
 
 # format -> module under lxclayer.outputs that defines EXPORTERS (a dict format -> Exporter)
 FORMATS: dict[str, str] = {
     "tar.gz": "tarball",
     "tar.zst": "tarball",
+    "oci": "oci",
 }
 
 
@@ -30,4 +36,26 @@ def exporter(fmt: str) -> Exporter:
     return importlib.import_module(f"{__name__}.{module}").EXPORTERS[fmt]
 
 
-__all__ = ["FORMATS", "ArchiveInfo", "ExportJob", "Exporter", "exporter", "names"]
+def format_of(path: Path) -> str:
+    """The format a file is in, told the way Proxmox tells it: a plain `.tar` that holds an
+    `oci-layout` member is an OCI image (one named `./oci-layout` too: meant as one, and
+    then refused by its check); any other name is a root file system archive."""
+    if path.name.endswith(".tar"):
+        import tarfile
+
+        try:
+            with tarfile.open(path, "r:") as tf:
+                for m in tf:
+                    if m.name.removeprefix("./") == "oci-layout":
+                        return "oci"
+        except (OSError, tarfile.TarError):
+            pass
+    return "tar.gz"
+
+
+def check(path: Path) -> list[Violation]:
+    """Check an output file by the rules of its format's consumer."""
+    return exporter(format_of(path)).check(path)
+
+
+__all__ = ["FORMATS", "ArchiveInfo", "ExportJob", "Exporter", "check", "exporter", "format_of", "names"]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..check import Violation
     from ..definitions import Template
+    from ..lock.model import Lockfile
     from ..manifest import Entry
     from ..store import Keep, LayerEntry, Store
 
@@ -38,6 +39,7 @@ class ArchiveInfo:
     reused: int = 0
     seconds: float = 0.0
     composed: bool = True
+    image: str = ""  # an image format's manifest digest (what a registry pull shows)
 
 
 @dataclass
@@ -50,6 +52,9 @@ class ExportJob:
     jobs: int | None = None
     progress: Callable[[int, int], None] | None = None  # (chunks done, of which reused)
     started: Callable[[Path], None] | None = None  # called when real work (not a no-op) begins
+    # The stack's lock without archives (made before any output): an image labels itself with
+    # its digest, an SBOM is made from it alone.
+    lock: Lockfile | None = None
 
 
 class Exporter(abc.ABC):
@@ -65,8 +70,9 @@ class Exporter(abc.ABC):
     @abc.abstractmethod
     def export(self, job: ExportJob) -> ArchiveInfo: ...
 
-    def keep(self, layers: list[LayerEntry], source_date_epoch: int, keep: Keep) -> None:  # noqa: B027
-        """Add to `keep` what this format stores for the stack `layers` (nothing by default)."""
+    def keep(self, store: Store, lock: Lockfile, layers: list[LayerEntry], keep: Keep) -> None:  # noqa: B027
+        """Add to `keep` what this format stores in `store` for the stack `layers` that `lock`
+        pins (nothing by default)."""
 
     @abc.abstractmethod
     def check(self, path: Path) -> list[Violation]: ...

@@ -10,8 +10,9 @@ from .. import compose as composer
 from ..check import Violation, check_archive
 from ..digest import digest
 from ..fsio import atomic_write
+from ..lock.model import Lockfile
 from ..manifest import merge
-from ..store import Keep, LayerEntry
+from ..store import Keep, LayerEntry, Store
 from .base import ArchiveInfo, Exporter, ExportJob
 
 
@@ -45,7 +46,8 @@ class Tarball(Exporter):
         return ArchiveInfo(format=self.format, path=path, sha256=res.sha256, size=res.size, chunks=res.chunks,
                            reused=res.reused, seconds=time.monotonic() - t0)
 
-    def keep(self, layers: list[LayerEntry], source_date_epoch: int, keep: Keep) -> None:
+    def keep(self, store: Store, lock: Lockfile, layers: list[LayerEntry], keep: Keep) -> None:
+        source_date_epoch = lock.template.source_date_epoch
         merged = merge((e.entries for e in layers), mtime=source_date_epoch)
         keep.chunks.update(f"{self.format}-{c.key}"
                            for c in composer.plan_chunks(merged, self.format, source_date_epoch))

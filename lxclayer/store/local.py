@@ -22,7 +22,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,7 +119,6 @@ def default_root() -> Path:
 class LocalStore(Store):
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_root()
-        self._shared_fd: int | None = None
         self._blobs = str(self.root / "blobs")  # blob paths as strings: compose opens 20k of them
 
     # --- layout -------------------------------------------------------------------------------
@@ -180,16 +178,17 @@ class LocalStore(Store):
         it, so that two builds of one project (say of two formats) do not drop each other's
         entries: the second reads what the first wrote."""
         key = xxhash.xxh3_128_hexdigest(os.path.abspath(lock_file).encode("utf-8", "surrogateescape"))
-        fd = os.open(self.root / "locks" / f"project-{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._flock(f"project-{key}"):
             yield
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def layer_lock(self, input_digest: str) -> Iterator[None]:
-        fd = os.open(self.root / "locks" / f"{input_digest}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        with self._flock(input_digest):
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self, name: str) -> Iterator[None]:
+        fd = os.open(self.root / "locks" / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -207,7 +206,7 @@ class LocalStore(Store):
         tmp = self.root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         name = f"{prefix}-{os.urandom(8).hex()}"
-        pending = tmp / f".pending-{name}"
+        pending = tmp / f".pending-{os.getpid()}-{name}"
         fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         path = tmp / name
         try:
@@ -245,24 +244,10 @@ class LocalStore(Store):
                 os.close(fd)
         for stray in [*tmp.glob("*.part-*"), *tmp.glob(".pending-*")]:
             if stray.name.startswith(".pending-"):
-                # A lock file between its creation and its rename (microseconds; its maker may not
-                # have locked it yet): stale only when old and unlocked.
-                try:
-                    if time.time() - stray.stat().st_mtime < 60:
-                        continue
-                except FileNotFoundError:
-                    continue
-                try:
-                    fd = os.open(stray, os.O_RDWR | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # A lock file between its creation and its rename: its maker's pid is in the name.
+                pid_text = stray.name.split("-", 2)[1]
+                if pid_text.isdigit() and not pid_alive(int(pid_text)):
                     stray.unlink(missing_ok=True)
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
                 continue
             try:
                 pid = int(stray.name.rsplit("-", 1)[1])

@@ -1,0 +1,114 @@
+"""`lxclayer push`: the template's OCI image and its SBOM into a registry.
+
+The image is the locked one: push builds nothing the lock does not name (a `--locked` build of
+the `oci` format, a no-op when `dist/` is up to date), then uploads what the registry lacks
+(every blob is HEADed first, several at a time) and tags the manifest. The SBOM goes with it as
+an OCI 1.1 artifact whose `subject` is the image, so `referrers` (or, on a registry without
+that API such as distribution 2.8, the fallback tag `sha256-<hex>`) finds it from the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from .build import Events, Mode, build
+from .definitions import Project
+from .errors import UserError
+from .lock import toml as locktoml
+from .outputs.oci import Layout, read_layout
+from .outputs.sbom import sbom_filename, spdx_document
+from .registry import client_for, oci, parse_reference
+from .store import Store
+
+SBOM_TYPE = "application/spdx+json"
+
+
+@dataclass
+class PushResult:
+    reference: str  # where it went, tag included (never credentials)
+    digest: str  # the image manifest's digest: what `skopeo copy`/PVE pulls by
+    blobs: int  # blobs the image has (config and layers)
+    sent: int  # of which the registry lacked and were uploaded
+    sbom: str  # the SBOM artifact manifest's digest
+
+
+def push(project: Project, store: Store, ref_text: str, *, auth_file: str | None = None,
+         ca_file: str | None = None, insecure: bool = False, events: Events | None = None) -> PushResult:
+    """Push the locked template's OCI image to `ref_text` (`HOST[:PORT]/REPO[:TAG]`; the tag
+    defaults to `<version>-<release>`), with its SBOM attached."""
+    lock = locktoml.read(project.lock_file)
+    if lock is None:
+        raise UserError(f"{project.lock_file}: no lock; run `lxclayer build` first (push sends what the lock pins)")
+    ref = parse_reference(ref_text, what="push reference")
+    if ref.digest:
+        raise UserError(f"push reference {ref_text!r}: name a tag, not a digest (the digest is the image's own)")
+    tag = ref.tag or f"{project.template.version}-{project.template.release}"
+    res = build(project, store, mode=Mode.LOCKED, formats=["oci"], write_lock=False, events=events)
+    layout = read_layout(res.archives[0].path)
+    sbom = spdx_document(lock)  # the lock alone: the same bytes as dist/'s SBOM
+    with client_for(ref, auth_file=auth_file, ca_file=ca_file, insecure=insecure) as client:
+        client.ping()
+        config, manifest = _documents(layout)
+        with store.staging("push") as tmp:
+            layers = _extract_layers(layout, tmp)
+            present = [client.blob_exists(d) for d in [layout.manifest.config.digest, *layers]]
+            client.push_blobs([config, *layers.values()])
+        image = client.put_manifest(tag, manifest, oci.MANIFEST)
+        sbom_digest = _push_sbom(client, sbom, sbom_filename(lock), image, len(manifest))
+    return PushResult(reference=f"{ref.registry}/{ref.repository}:{tag}", digest=image,
+                      blobs=len(present), sent=present.count(False), sbom=sbom_digest)
+
+
+def _documents(layout: Layout) -> tuple[bytes, bytes]:
+    """The config and manifest bytes exactly as the image layout holds them."""
+    import tarfile
+
+    with tarfile.open(layout.path, "r:") as tf:
+        def blob(digest: str) -> bytes:
+            f = tf.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+            assert f is not None
+            return f.read()
+
+        return blob(layout.manifest.config.digest), blob(layout.manifest_digest)
+
+
+def _extract_layers(layout: Layout, tmp: Path) -> dict[str, Path]:
+    """Each layer blob of the layout as a file (digest -> path), checked against its digest."""
+    out: dict[str, Path] = {}
+    with open(layout.path, "rb") as f:
+        for digest, (offset, size) in layout.blobs.items():
+            path = tmp / digest.removeprefix("sha256:")
+            h = hashlib.sha256()
+            f.seek(offset)
+            left = size
+            with open(path, "wb") as w:
+                while left > 0 and (data := f.read(min(left, 1 << 20))):
+                    h.update(data)
+                    w.write(data)
+                    left -= len(data)
+            if "sha256:" + h.hexdigest() != digest:
+                raise UserError(f"{layout.path}: layer blob {digest} does not match its digest")
+            out[digest] = path
+    return out
+
+
+def _push_sbom(client, sbom: bytes, filename: str, image: str, image_size: int) -> str:
+    """The SBOM as an OCI 1.1 artifact: the empty config, one layer (the SPDX JSON), `subject`
+    the image. Uploaded by digest; the client keeps the fallback tag for registries without
+    the referrers API."""
+    sbom_blob = "sha256:" + hashlib.sha256(sbom).hexdigest()
+    client.push_blobs([b"{}", sbom])
+    manifest = msgspec.json.encode(oci.Manifest(
+        artifact_type=SBOM_TYPE,
+        config=oci.Descriptor(media_type=oci.EMPTY, digest=oci.EMPTY_DIGEST, size=2),
+        layers=[oci.Descriptor(media_type=SBOM_TYPE, digest=sbom_blob, size=len(sbom),
+                               annotations={"org.opencontainers.image.title": filename})],
+        subject=oci.Descriptor(media_type=oci.MANIFEST, digest=image, size=image_size),
+        annotations={"org.opencontainers.image.title": filename},
+    ))
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    return client.put_manifest(digest, manifest, oci.MANIFEST)
