@@ -41,6 +41,58 @@ def _store(ctx: click.Context):
     return Store(ctx.obj["store"])
 
 
+def cache_options(f):
+    """--cache and its companions, for the commands that build (docs/cache.md)."""
+    opts = [
+        click.option("--cache", "cache_url", metavar="REF", default=None,
+                     help="Shared layer cache, oci://HOST[:PORT]/REPOSITORY (or `off`). Default: "
+                          "$LXCLAYER_CACHE, then [cache] url in lxclayer.toml."),
+        click.option("--cache-mode", type=click.Choice(["pull", "push"]), default=None,
+                     help="pull: only read the cache; push: also upload what was built. "
+                          "Default: $LXCLAYER_CACHE_MODE, lxclayer.toml, then push under CI, else pull."),
+        click.option("--cache-auth", type=click.Path(dir_okay=False), default=None,
+                     help="Registry auth file (docker's config.json format). Default: $REGISTRY_AUTH_FILE, "
+                          "then the files podman and docker use."),
+        click.option("--cache-ca", type=click.Path(dir_okay=False), default=None,
+                     help="CA certificates for the cache's HTTPS (default: the system's)."),
+        click.option("--cache-insecure", is_flag=True,
+                     help="Allow plain HTTP to a cache that is not on loopback."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _cache(project, printer, cache_url, cache_mode, cache_auth, cache_ca, cache_insecure):
+    """The run's shared cache, or None when none is configured (the registry code is imported
+    only then: a no-op build stays fast)."""
+    import os
+
+    if not (cache_url or os.environ.get("LXCLAYER_CACHE") or (project.root / "lxclayer.toml").exists()):
+        return None
+    from .cache import Cache, settings
+
+    s = settings(project.root, url=cache_url, mode=cache_mode, auth_file=cache_auth, ca_file=cache_ca,
+                 insecure=cache_insecure)
+    return None if s is None else Cache(s, printer.warn)
+
+
+def _print_cache(stats, where: str) -> None:
+    if stats is None:
+        return
+    parts = [f"{len(stats.pulled)} layer(s) pulled"]
+    if stats.outputs_pulled:
+        parts.append(f"{stats.outputs_pulled} output blob(s) pulled")
+    parts.append(f"{len(stats.pushed)} layer(s) pushed")
+    if stats.outputs_pushed:
+        parts.append(f"{stats.outputs_pushed} output blob(s) pushed")
+    if stats.refused:
+        parts.append(f"refused: {', '.join(stats.refused)}")
+    if stats.unavailable:
+        parts.append("unavailable")
+    click.echo(f"cache {where}: {', '.join(parts)}", err=True)
+
+
 class Printer:
     """Build events as lines on stderr, with a ticking elapsed time on a terminal."""
 
@@ -52,8 +104,8 @@ class Printer:
         self._lock = threading.Lock()
         self._status = ""
 
-    def _line(self, text: str) -> None:
-        if self.quiet:
+    def _line(self, text: str, *, always: bool = False) -> None:
+        if self.quiet and not always:
             return
         with self._lock:
             if self.tty:
@@ -101,6 +153,8 @@ class Printer:
         self._stop_ticker()
         if p.state == "built":
             self._line(f"  built    {p.name} in {p.seconds:.1f}s  {p.output[:12]}")
+        elif p.state == "pulled":
+            self._line(f"  pulled   {p.name} from the cache in {p.seconds:.1f}s  {p.output[:12]}")
         else:
             self._line(f"  cached   {p.name}  {p.output[:12]}")
 
@@ -124,7 +178,8 @@ class Printer:
             self._line(f"  up to date {info.path.name}")
 
     def warn(self, message: str) -> None:
-        self._line(f"  warning: {message}")
+        # on stderr even with --json (stdout holds the report): a warning is never silent
+        self._line(f"  warning: {message}", always=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -164,6 +219,7 @@ def _result_json(res) -> dict:
                       **({"image": a.image} if a.image else {})} for a in res.archives],
         "lock": str(res.lock_file), "lock_written": res.lock_written, "seconds": round(res.seconds, 3),
         "sbom": str(res.sbom) if res.sbom else None,
+        **({"cache": msgspec.to_builtins(res.cache)} if res.cache else {}),
     }
 
 
@@ -189,8 +245,9 @@ def _print_result(res) -> None:
               help="Output folder. Default: dist/ in the project.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Compression threads. Default: all cores.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@cache_options
 @click.pass_context
-def build(ctx, locked, frozen, offline, formats, out, jobs, as_json) -> None:
+def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, **cache_opts) -> None:
     """Build the template: every layer the store lacks, then the archive and the lock.
 
     \b
@@ -201,12 +258,19 @@ def build(ctx, locked, frozen, offline, formats, out, jobs, as_json) -> None:
     from . import build as b
 
     project = _project(ctx)
-    res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
-                  formats=list(formats) or None, out_dir=out, jobs=jobs, events=Printer(quiet=as_json))
+    printer = Printer(quiet=as_json)
+    cache = _cache(project, printer, **cache_opts)
+    try:
+        res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
+                      formats=list(formats) or None, out_dir=out, jobs=jobs, events=printer, cache=cache)
+    finally:
+        if cache is not None:
+            cache.close()
     if as_json:
         click.echo(msgspec.json.encode(_result_json(res)).decode())
     else:
         _print_result(res)
+        _print_cache(res.cache, cache.where if cache else "")
 
 
 @cli.command()
@@ -240,8 +304,9 @@ def plan(ctx, as_json) -> None:
 @cli.group(invoke_without_command=True)
 @click.option("--upgrade", is_flag=True, help="Resolve every pin again, not only those of changed layers.")
 @click.option("--offline", is_flag=True, help="Use only artifacts already in the store.")
+@cache_options
 @click.pass_context
-def lock(ctx, upgrade, offline) -> None:
+def lock(ctx, upgrade, offline, **cache_opts) -> None:
     """Resolve pins, build, and write locks/<template>.lock.
 
     The lock records output digests and the archive's sha256, so locking builds what is missing.
@@ -258,13 +323,17 @@ def lock(ctx, upgrade, offline) -> None:
 
     project = _project(ctx)
     store = _store(ctx)
-    if upgrade and project.lock_file.exists():
-        # Pins of every layer are resolved again: hide the old lock from the build.
-        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer(),
-                      ignore_lock_pins=True)
-    else:
-        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer())
+    printer = Printer()
+    cache = _cache(project, printer, **cache_opts)
+    try:
+        # --upgrade: pins of every layer are resolved again (the old lock is hidden from the build).
+        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=printer, cache=cache,
+                      ignore_lock_pins=upgrade and project.lock_file.exists())
+    finally:
+        if cache is not None:
+            cache.close()
     _print_result(res)
+    _print_cache(res.cache, cache.where if cache else "")
     if not res.lock_written:
         click.echo(f"{res.lock_file} is up to date")
 
