@@ -23,17 +23,17 @@ from . import hermetic, outputs, roots
 from .builders import builder
 from .builders.base import Context
 from .definitions import Layer, Project, rel
-from .digest import digest
 from .errors import BuildError, LockError, StoreCorruption
 from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
-from .fsio import atomic_write, remove_stale_temporaries
+from .fsio import remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
 from .outputs import ArchiveInfo, ExportJob
+from .outputs.sbom import write_sbom
 from .sources import StatCache, cache_for
-from .store import Keep, LayerEntry, LayerMeta, Store
+from .store import LayerEntry, LayerMeta, Store
 
 if TYPE_CHECKING:
     from .cache import Cache, CacheStats
@@ -349,10 +349,10 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 pulled: dict[str, list[str]] = {}
                 if shared is not None and (any(p.state != "cached" for p in plans) or not all(
                         (out_dir / outputs.exporter(f).filename(project.template)).exists() for f in formats)):
-                    pulled = {f: shared.fetch_outputs(_outputs_key(stack_lock, f), store) for f in formats}
+                    pulled = {f: shared.fetch_outputs(outputs.cache_key(stack_lock, f), store) for f in formats}
                 archives = [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events)
                             for fmt in formats]
-                sbom = write_sbom(stack_lock, out_dir)
+                sbom = write_sbom(stack_lock, out_dir)  # every template's SBOM, from its lock alone
                 break
             except StoreCorruption as e:
                 if mode is Mode.LOCKED or attempt == 2:
@@ -378,8 +378,8 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
         if shared is not None and shared.settings.push:
             shared.upload([(layer.name, e) for layer, e in zip(project.layers, entries, strict=True)], store)
             for fmt in formats:
-                shared.upload_outputs(_outputs_key(stack_lock, fmt),
-                                      lambda fmt=fmt: _output_names(store, fmt, stack_lock, entries), store)
+                shared.upload_outputs(outputs.cache_key(stack_lock, fmt),
+                                      lambda fmt=fmt: outputs.kept(store, fmt, stack_lock, entries), store)
         wrote = False
         if write_lock and mode is Mode.NORMAL:
             new = _lock_from(project, entries, archives, lock)
@@ -388,33 +388,6 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 wrote = True
     return BuildResult(layers=plans, archives=archives, lock_file=lock_path, lock_written=wrote,
                        seconds=time.monotonic() - t0, sbom=sbom, cache=shared.stats if shared else None)
-
-
-def _outputs_key(stack_lock: Lockfile, fmt: str) -> str:
-    """The cache's name for what format `fmt` keeps in the store for this stack."""
-    return digest({"lock": locktoml.stack_digest(stack_lock), "format": fmt,
-                   "compressor": outputs.exporter(fmt).compressor()})
-
-
-def _output_names(store: Store, fmt: str, stack_lock: Lockfile, entries: list[LayerEntry]) -> tuple[set[str], set[str]]:
-    keep = Keep()
-    outputs.exporter(fmt).keep(store, stack_lock, entries, keep)
-    return keep.chunks, keep.artifacts
-
-
-def write_sbom(lock: Lockfile, out_dir: Path) -> Path:
-    """`dist/<template>.spdx.json` from the stack's lock alone; rewritten only when it differs."""
-    from .outputs.sbom import sbom_filename, spdx_document
-
-    path = out_dir / sbom_filename(lock)
-    data = spdx_document(lock)
-    try:
-        same = path.read_bytes() == data
-    except OSError:
-        same = False
-    if not same:
-        atomic_write(path, data)
-    return path
 
 
 def _checked_tree(entries: list[LayerEntry], mtime: int) -> Callable[[], list]:

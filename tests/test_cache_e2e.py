@@ -194,7 +194,7 @@ def test_two_machines_pushing_the_same_entries_at_once_both_succeed_with_one_cop
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-        assert "warning" not in err, err
+        assert "warning" not in err, err[-3000:]
     # the entries two stores pushed are byte-identical documents: one manifest per tag, whoever won
     lock = locktoml.read(projects[0] / "locks" / "test-tpl.lock")
     other = f"oci://{registry.address}/team/cache-race-2"

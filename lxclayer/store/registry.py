@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import msgspec
 import zstandard
 
 from ..manifest import Entry
-from ..registry import DigestMismatch, NotFound, RegistryClient, oci
+from ..registry import BlobUnknown, DigestMismatch, NotFound, RegistryClient, oci
 from .base import Store
 from .local import LayerEntry, LayerMeta
 
@@ -153,15 +154,28 @@ class RegistryCache:
         packs = list(_packs(entry.entries, store))
         with ThreadPoolExecutor(2) as pool:
             compressed = list(pool.map(lambda p: _pack_bytes(p, store), packs))
-        self.client.push_blobs([meta, raw, *compressed])
         manifest = msgspec.json.encode(oci.Manifest(
             artifact_type=LAYER_TYPE,
             config=_desc(META_TYPE, meta),
             layers=[_desc(MANIFEST_TYPE, raw), *(_desc(PACK_TYPE, c) for c in compressed)],
             annotations={OUTPUT: entry.output, LAYER: entry.meta.layer},
         ))
-        self.client.put_manifest(tag, manifest, oci.MANIFEST)
+        self._publish(tag, manifest, [meta, raw, *compressed])
         return True
+
+    def _publish(self, tag: str, manifest: bytes, blobs: list[bytes | Path]) -> None:
+        """Blobs (those missing), then the manifest. Another machine pushing the same blobs at
+        the same moment can make the registry refuse the manifest for a blob it does not see
+        yet (its HEAD said present, its link was not written): push again, a few times."""
+        for attempt in range(4):
+            self.client.push_blobs(blobs)
+            try:
+                self.client.put_manifest(tag, manifest, oci.MANIFEST)
+                return
+            except BlobUnknown:
+                if attempt == 3:
+                    raise
+                time.sleep(0.25 * 2 ** attempt)
 
     # --- output caches (compose chunks, OCI layer blobs) ------------------------------------
 
@@ -215,12 +229,10 @@ class RegistryCache:
             sources.append(path)
             descs.append(oci.Descriptor(media_type=ARTIFACT_TYPE, digest="sha256:" + sha,
                                         size=path.stat().st_size, annotations={NAME: sha}))
-        self.client.push_blobs(sources)
         manifest = msgspec.json.encode(oci.Manifest(
             artifact_type=OUTPUTS_TYPE, config=oci.Descriptor(media_type=oci.EMPTY, digest=oci.EMPTY_DIGEST, size=2),
             layers=descs))
-        self.client.put_blob(b"{}")
-        self.client.put_manifest(tag, manifest, oci.MANIFEST)
+        self._publish(tag, manifest, [b"{}", *sources])
         return len(descs)
 
 
