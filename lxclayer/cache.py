@@ -28,6 +28,7 @@ import msgspec
 
 from .digest import digest
 from .errors import DefinitionError
+from .lock.model import Lockfile
 from .registry import RegistryError, client_for
 from .registry.errors import (
     DigestMismatch,
@@ -185,9 +186,9 @@ class Cache:
         self.stats.refused.append(layer)
         self.warn(f"cache: layer {layer} refused: {why}; building it here")
 
-    def upload(self, named: list[tuple[str, LayerEntry]], store: Store) -> None:
-        """Push every entry the cache lacks (push mode only)."""
-        if not self.settings.push:
+    def upload(self, named: list[tuple[str, LayerEntry]], store: Store, *, force: bool = False) -> None:
+        """Push every entry the cache lacks (push mode only, unless `force`)."""
+        if not (self.settings.push or force):
             return
         backend = self._cache()
         for name, entry in named:
@@ -217,10 +218,11 @@ class Cache:
         self.stats.outputs_pulled += len(names)
         return names
 
-    def upload_outputs(self, key: str, names: Callable[[], tuple[set[str], set[str]]], store: Store) -> None:
+    def upload_outputs(self, key: str, names: Callable[[], tuple[set[str], set[str]]], store: Store, *,
+                       force: bool = False) -> None:
         """Push what an output format keeps for a stack (`names()`: its chunks and artifacts,
         asked for only when the cache lacks them)."""
-        if not self.settings.push:
+        if not (self.settings.push or force):
             return
         backend = self._cache()
         if backend is None:
@@ -229,3 +231,58 @@ class Cache:
             self.stats.outputs_pushed += backend.push_outputs(key, names, store)
         except RegistryError as e:
             self._give_up(e)
+
+
+# --- what `lxclayer cache` and `verify --cache` do ------------------------------------------------
+
+@dataclass
+class LayerStatus:
+    name: str
+    input: str
+    cached: bool
+    output: str | None = None  # the output digest the cache's entry claims, when asked
+
+
+def push_lock(cache: Cache, lock: Lockfile, store: Store) -> list[str]:
+    """Upload what `store` holds for `lock` (entries, then outputs once the stack is whole).
+    Returns the layers the store lacks (not pushed)."""
+    from . import outputs
+    from .errors import StoreCorruption
+
+    named: list[tuple[str, LayerEntry]] = []
+    missing: list[str] = []
+    for name, locked in lock.layers.items():
+        try:
+            entry = store.lookup(locked.input, layer=name)
+        except StoreCorruption:
+            entry = None
+        if entry is None:
+            missing.append(name)
+        else:
+            named.append((name, entry))
+    cache.upload(named, store, force=True)
+    if not missing:
+        entries = [e for _, e in named]
+        for fmt in lock.template.archives:
+            if fmt in outputs.FORMATS:
+                cache.upload_outputs(outputs.cache_key(lock, fmt),
+                                     lambda fmt=fmt: outputs.kept(store, fmt, lock, entries), store, force=True)
+    return missing
+
+
+def status(cache: Cache, lock: Lockfile, *, outputs_too: bool = False) -> list[LayerStatus]:
+    """Which of the lock's layers the cache has (one tag listing); with `outputs_too`, the
+    output digest each present entry claims. Raises RegistryError: the caller asked for it."""
+    backend = cache._cache()
+    if backend is None:
+        raise RegistryUnavailable(f"cache {cache.where} unavailable: {cache.stats.unavailable}")
+    from .store.registry import layer_tag
+
+    tags = backend.tags()
+    out = []
+    for name, locked in lock.layers.items():
+        st = LayerStatus(name=name, input=locked.input, cached=layer_tag(locked.input) in tags)
+        if st.cached and outputs_too:
+            st.output = backend.claimed_output(locked.input)
+        out.append(st)
+    return out

@@ -439,8 +439,9 @@ def gc(ctx, dry_run) -> None:
               help="Also build each layer again (reusing only the stored layers below it and the "
                    "downloaded artifacts) and compare it with the stored one, path by path.")
 @click.argument("layers", nargs=-1)
+@cache_options
 @click.pass_context
-def verify(ctx, rebuild, layers) -> None:
+def verify(ctx, rebuild, layers, **cache_opts) -> None:
     """Check the store's entries and blobs for the locked template; with --rebuild, prove
     layers reproducible by building them again. Exit 1 if anything is wrong.
 
@@ -459,7 +460,36 @@ def verify(ctx, rebuild, layers) -> None:
     if rebuild:
         bad += _report(verify_rebuild(project, store, list(layers), events=Printer()), "not reproducible",
                        "reproducible")
+    cache = _cache(project, Printer(), **cache_opts)
+    if cache is not None:
+        bad += _verify_cache(project, cache, list(layers))
     sys.exit(1 if bad else 0)
+
+
+def _verify_cache(project, cache, layers: list[str]) -> int:
+    """Per locked layer, what the cache's entry claims against the lock (a poisoned or stale
+    entry would be refused by a --locked build; this names it before one runs)."""
+    from .cache import status
+    from .lock import toml as locktoml
+
+    lock = locktoml.read(project.lock_file)
+    if lock is None:
+        raise UserError(f"{project.lock_file}: no lock to check the cache against")
+    try:
+        results = {}
+        for st in status(cache, lock, outputs_too=True):
+            if layers and st.name not in layers:
+                continue
+            want = lock.layers[st.name].output
+            lines = [] if not st.cached or st.output == want else [
+                f"the cache's entry claims output {st.output or '(none)'}, the lock records {want}"]
+            results[f"cache {st.name}"] = lines
+            if not st.cached:
+                click.echo(f"cache {st.name}: not cached")
+                del results[f"cache {st.name}"]
+    finally:
+        cache.close()
+    return _report(results, "differs from the lock", "ok")
 
 
 def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -> int:
@@ -512,6 +542,95 @@ def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
         click.echo(f"pushed {res.reference} ({res.sent} of {res.blobs} blobs sent)")
         click.echo(f"  image {res.reference.rsplit(':', 1)[0]}@{res.digest}")
         click.echo(f"  sbom  {res.sbom} (a referrer of the image)")
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The shared layer cache on an OCI registry (docs/cache.md)."""
+
+
+def _cache_locks(ctx, all_roots: bool):
+    """(name, lockfile) pairs: this project's lock, or with --all every live GC root's."""
+    from .lock import toml as locktoml
+
+    project = _project(ctx)
+    if not all_roots:
+        lock = locktoml.read(project.lock_file)
+        if lock is None:
+            raise UserError(f"{project.lock_file}: no lock; run `lxclayer build` first")
+        return project, [(project.template.name, lock)]
+    from . import roots
+
+    found = []
+    for root in roots.roots(_store(ctx).root):
+        if root.live():
+            lock = locktoml.read(root.lock_file)
+            if lock is not None:
+                found.append((f"{lock.template.name} ({root.lock_file})", lock))
+    return project, found
+
+
+def _required_cache(project, printer, cache_opts):
+    cache = _cache(project, printer, **cache_opts)
+    if cache is None:
+        raise UserError("no cache given: --cache REF, $LXCLAYER_CACHE, or [cache] url in lxclayer.toml")
+    return cache
+
+
+@cache_group.command("push")
+@click.option("--all", "all_roots", is_flag=True,
+              help="Every lock that builds into this store (its GC roots), not only this project's.")
+@cache_options
+@click.pass_context
+def cache_push(ctx, all_roots, **cache_opts) -> None:
+    """Upload what the local store holds for the lock(s); only what the cache lacks is sent.
+
+    \b
+    Example:
+      lxclayer cache push --cache oci://registry.example.com/team/lxclayer-cache
+    """
+    from .cache import push_lock
+
+    project, locks = _cache_locks(ctx, all_roots)
+    printer = Printer()
+    cache = _required_cache(project, printer, cache_opts)
+    store = _store(ctx)
+    bad = 0
+    try:
+        with store.session():
+            for name, lock in locks:
+                before = len(cache.stats.pushed)
+                missing = push_lock(cache, lock, store)
+                if cache.stats.unavailable:
+                    raise UserError(f"cache {cache.where} unavailable: {cache.stats.unavailable}")
+                pushed = len(cache.stats.pushed) - before
+                click.echo(f"{name}: {pushed} layer(s) pushed, {len(lock.layers) - len(missing) - pushed} "
+                           "already cached" + (f"; not in the store: {', '.join(missing)}" if missing else ""))
+                bad += bool(missing)
+    finally:
+        cache.close()
+    sys.exit(1 if bad else 0)
+
+
+@cache_group.command("ls")
+@click.option("--all", "all_roots", is_flag=True,
+              help="Every lock that builds into this store (its GC roots), not only this project's.")
+@cache_options
+@click.pass_context
+def cache_ls(ctx, all_roots, **cache_opts) -> None:
+    """Show which layers of each template the cache has."""
+    from .cache import status
+
+    project, locks = _cache_locks(ctx, all_roots)
+    cache = _required_cache(project, Printer(), cache_opts)
+    try:
+        for name, lock in locks:
+            st = status(cache, lock)
+            click.echo(f"{name}: {sum(s.cached for s in st)} of {len(st)} layers in {cache.where}")
+            for s in st:
+                click.echo(f"  {'cached ' if s.cached else 'missing'}  {s.name}  {s.input}")
+    finally:
+        cache.close()
 
 
 @cli.command("boot-test")

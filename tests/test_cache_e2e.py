@@ -204,3 +204,68 @@ def test_two_machines_pushing_the_same_entries_at_once_both_succeed_with_one_cop
         for layer in lock.layers.values():
             assert c1.manifest_digest(layer_tag(layer.input)) == c2.manifest_digest(layer_tag(layer.input))
         assert sum(t.startswith("layer-") for t in c1.tags()) == len(lock.layers)
+
+
+def test_cache_push_then_ls_and_verify_and_a_team_setting_in_lxclayer_toml(tmp_path, registry):
+    from lxclayer.registry import client_for
+    from lxclayer.store.registry import layer_tag
+
+    auth = _auth(tmp_path / "auth.json", registry.address)
+    ref = f"oci://{registry.address}/team/cache-cmd"
+    a = write_project(tmp_path / "a")
+    cli = ["--project", str(a), "--store", str(tmp_path / "sa")]
+    assert run_cli(*cli, "build", "--format", "tar.gz").returncode == 0
+    opts = ["--cache", ref, "--cache-auth", str(auth)]
+    r = run_cli(*cli, "cache", "ls", *opts)
+    assert r.returncode == 0, r.stderr
+    assert "test-tpl: 0 of 3 layers in" in r.stdout
+    r = run_cli(*cli, "cache", "push", *opts)
+    assert r.returncode == 0, r.stderr
+    assert "test-tpl: 3 layer(s) pushed, 0 already cached" in r.stdout
+    r = run_cli(*cli, "cache", "push", *opts)
+    assert "test-tpl: 0 layer(s) pushed, 3 already cached" in r.stdout
+    r = run_cli(*cli, "cache", "ls", *opts)
+    assert "test-tpl: 3 of 3 layers in" in r.stdout and "missing" not in r.stdout
+    r = run_cli(*cli, "verify", *opts)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cache config: ok" in r.stdout
+
+    # B commits the cache once, in lxclayer.toml, and builds nothing (the chunks came too)
+    b = write_project(tmp_path / "b")
+    (b / "lxclayer.toml").write_text(f'[cache]\nurl = "{ref}"\nmode = "pull"\n')
+    r = run_cli("--project", str(b), "--store", str(tmp_path / "sb"), "build", "--format", "tar.gz", "--json",
+                env={"REGISTRY_AUTH_FILE": str(auth)})
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert set(_states(rep).values()) == {"pulled"}
+    assert rep["archives"][0]["reused"] == rep["archives"][0]["chunks"]
+    assert (b / "dist" / ARCHIVE).read_bytes() == (a / "dist" / ARCHIVE).read_bytes()
+
+    # an entry whose claimed output is not the lock's: verify names it
+    lock = locktoml.read(a / "locks" / "test-tpl.lock")
+    with client_for(ref, auth_file=auth) as c:
+        tag = layer_tag(lock.layers["extra"].input)
+        _, _, data = c.get_manifest(tag)
+        doc = json.loads(data)
+        doc["annotations"]["dev.lxclayer.output"] = "f" * 32
+        c.put_manifest(tag, json.dumps(doc).encode())
+    r = run_cli(*cli, "verify", *opts)
+    assert r.returncode == 1
+    assert "cache extra: differs from the lock" in r.stdout
+    assert f"claims output {'f' * 32}, the lock records {lock.layers['extra'].output}" in r.stdout
+
+
+@pytest.mark.parametrize("text,words", [
+    ('[cache]\nmode = "sometimes"\n', "lxclayer.toml: key cache.mode: must be one of pull, push, not 'sometimes'"),
+    ('[cache]\nurl = "oci://h/r"\ncolour = "red"\n', "lxclayer.toml: key cache"),
+    ('[cache\n', "lxclayer.toml: not valid TOML"),
+    ('[cache]\nurl = "ftp://host/repo"\n', "cache reference"),
+])
+def test_bad_cache_settings_are_refused_with_file_and_key(tmp_path, text, words):
+    proj = write_project(tmp_path / "p")
+    (proj / "lxclayer.toml").write_text(text)
+    r = run_cli("--project", str(proj), "--store", str(tmp_path / "s"), "build")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert words in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (proj / "dist").exists()

@@ -91,8 +91,17 @@ class RegistryCache:
     def tags(self) -> set[str]:
         return set(self.client.tags())
 
-    def has_layer(self, input_digest: str) -> bool:
-        return self.client.manifest_digest(layer_tag(input_digest)) is not None
+    def claimed_output(self, input_digest: str) -> str | None:
+        """The output digest the cache's entry for `input_digest` says it has (not checked)."""
+        try:
+            _, _, data = self.client.get_manifest(layer_tag(input_digest), accept=(oci.MANIFEST,))
+        except NotFound:
+            return None
+        try:
+            m = msgspec.json.decode(data, type=oci.Manifest)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return ""
+        return (m.annotations or {}).get(OUTPUT, "")
 
     # --- layer entries ----------------------------------------------------------------------
 
