@@ -233,7 +233,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
         entry = _lookup(store, p.input, layer, mode, events)
         if entry is None:
             p.reasons = ev.reasons(layer, drv.record) or ["not in the store"]
-            events.layer_start(p)
+            if substituter is None:
+                events.layer_start(p)  # (with a cache: once it is known that the layer is built here)
             with store.layer_lock(p.input):
                 entry = _lookup(store, p.input, layer, mode, events)  # built meanwhile by another run?
                 pulled = None
@@ -245,6 +246,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
                     if pulled is not None:
                         entries, reported, p.state = pulled.entries, pulled.meta.artifacts, "pulled"
                     else:
+                        if substituter is not None:
+                            events.layer_start(p)
                         with hermetic.fixed_umask():
                             result = mod.realise(ctx)
                         entries, reported, p.state = result.entries, result.artifacts, "built"
