@@ -102,7 +102,9 @@ def _cache(project, printer, cache_url, cache_mode, cache_auth, cache_ca, cache_
     only then: a no-op build stays fast)."""
     import os
 
-    if not (cache_url or os.environ.get("LXCLAYER_CACHE") or (project.root / "lxclayer.toml").exists()):
+    from .settings import load as load_settings
+
+    if not (cache_url or os.environ.get("LXCLAYER_CACHE") or load_settings(project.root).cache.url):
         return None
     from .cache import Cache, settings
 
