@@ -32,13 +32,101 @@ def _project(ctx: click.Context):
     from .definitions import load_project
 
     o = ctx.obj
-    return load_project(root=o["project"], template_file=o["template"])
+    chosen = o.get("template_name") or o["template"]
+    if chosen is not None and (chosen.endswith(".toml") or "/" in chosen):
+        return load_project(root=o["project"], template_file=Path(chosen))
+    return load_project(root=o["project"], template=chosen)
+
+
+def per_template(f):
+    """`--template NAME` and `--all` for a command: run it for one template (default: the
+    project's default) or for each in turn; the exit code is the worst of them."""
+    import functools
+
+    @click.option("--template", "template_name", metavar="NAME", default=None,
+                  help="The template to use (default: the project's default-template).")
+    @click.option("--all", "all_templates", is_flag=True, help="Every template of the project, in turn.")
+    @click.pass_context
+    @functools.wraps(f)
+    def run(ctx, template_name, all_templates, **kw):
+        if template_name and all_templates:
+            raise click.UsageError("--template and --all exclude each other")
+        if template_name:
+            ctx.obj["template_name"] = template_name
+        if not all_templates:
+            return ctx.invoke(f, **kw)
+        worst = 0
+        for name in _project(ctx).templates:
+            ctx.obj["template_name"] = name
+            click.echo(f"== {name}", err=True)
+            try:
+                ctx.invoke(f, **kw)
+            except SystemExit as e:
+                worst = max(worst, e.code if isinstance(e.code, int) else 1)
+        if worst:
+            sys.exit(worst)
+
+    return run
 
 
 def _store(ctx: click.Context):
     from .store import Store
 
     return Store(ctx.obj["store"])
+
+
+def cache_options(f):
+    """--cache and its companions, for the commands that build (docs/cache.md)."""
+    opts = [
+        click.option("--cache", "cache_url", metavar="REF", default=None,
+                     help="Shared layer cache, oci://HOST[:PORT]/REPOSITORY (or `off`). Default: "
+                          "$LXCLAYER_CACHE, then [cache] url in lxclayer.toml."),
+        click.option("--cache-mode", type=click.Choice(["pull", "push"]), default=None,
+                     help="pull: only read the cache; push: also upload what was built. "
+                          "Default: $LXCLAYER_CACHE_MODE, lxclayer.toml, then push under CI, else pull."),
+        click.option("--cache-auth", type=click.Path(dir_okay=False), default=None,
+                     help="Registry auth file (docker's config.json format). Default: $REGISTRY_AUTH_FILE, "
+                          "then the files podman and docker use."),
+        click.option("--cache-ca", type=click.Path(dir_okay=False), default=None,
+                     help="CA certificates for the cache's HTTPS (default: the system's)."),
+        click.option("--cache-insecure", is_flag=True,
+                     help="Allow plain HTTP to a cache that is not on loopback."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _cache(project, printer, cache_url, cache_mode, cache_auth, cache_ca, cache_insecure):
+    """The run's shared cache, or None when none is configured (the registry code is imported
+    only then: a no-op build stays fast)."""
+    import os
+
+    from .settings import load as load_settings
+
+    if not (cache_url or os.environ.get("LXCLAYER_CACHE") or load_settings(project.root).cache.url):
+        return None
+    from .cache import Cache, settings
+
+    s = settings(project.root, url=cache_url, mode=cache_mode, auth_file=cache_auth, ca_file=cache_ca,
+                 insecure=cache_insecure)
+    return None if s is None else Cache(s, printer.warn)
+
+
+def _print_cache(stats, where: str) -> None:
+    if stats is None:
+        return
+    parts = [f"{len(stats.pulled)} layer(s) pulled"]
+    if stats.outputs_pulled:
+        parts.append(f"{stats.outputs_pulled} output blob(s) pulled")
+    parts.append(f"{len(stats.pushed)} layer(s) pushed")
+    if stats.outputs_pushed:
+        parts.append(f"{stats.outputs_pushed} output blob(s) pushed")
+    if stats.refused:
+        parts.append(f"refused: {', '.join(stats.refused)}")
+    if stats.unavailable:
+        parts.append("unavailable")
+    click.echo(f"cache {where}: {', '.join(parts)}", err=True)
 
 
 class Printer:
@@ -52,8 +140,8 @@ class Printer:
         self._lock = threading.Lock()
         self._status = ""
 
-    def _line(self, text: str) -> None:
-        if self.quiet:
+    def _line(self, text: str, *, always: bool = False) -> None:
+        if self.quiet and not always:
             return
         with self._lock:
             if self.tty:
@@ -101,6 +189,8 @@ class Printer:
         self._stop_ticker()
         if p.state == "built":
             self._line(f"  built    {p.name} in {p.seconds:.1f}s  {p.output[:12]}")
+        elif p.state == "pulled":
+            self._line(f"  pulled   {p.name} from the cache in {p.seconds:.1f}s  {p.output[:12]}")
         else:
             self._line(f"  cached   {p.name}  {p.output[:12]}")
 
@@ -124,14 +214,16 @@ class Printer:
             self._line(f"  up to date {info.path.name}")
 
     def warn(self, message: str) -> None:
-        self._line(f"  warning: {message}")
+        # on stderr even with --json (stdout holds the report): a warning is never silent
+        self._line(f"  warning: {message}", always=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Project folder (holding layers/ and locks/). Default: found from the current folder.")
-@click.option("--template", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Template definition file. Default: layers/template.toml.")
+@click.option("--template", default=None, metavar="NAME|FILE",
+              help="Template, by name or definition file. Default: the project's default-template "
+                   "(lxclayer.toml), or its only template.")
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), envvar="LXCLAYER_STORE",
               default=None, help="Store folder. Default: $LXCLAYER_STORE or ~/.cache/lxclayer/store.")
 @click.version_option(package_name="lxclayer")
@@ -164,6 +256,7 @@ def _result_json(res) -> dict:
                       **({"image": a.image} if a.image else {})} for a in res.archives],
         "lock": str(res.lock_file), "lock_written": res.lock_written, "seconds": round(res.seconds, 3),
         "sbom": str(res.sbom) if res.sbom else None,
+        **({"cache": msgspec.to_builtins(res.cache)} if res.cache else {}),
     }
 
 
@@ -189,8 +282,10 @@ def _print_result(res) -> None:
               help="Output folder. Default: dist/ in the project.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Compression threads. Default: all cores.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@cache_options
+@per_template
 @click.pass_context
-def build(ctx, locked, frozen, offline, formats, out, jobs, as_json) -> None:
+def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, **cache_opts) -> None:
     """Build the template: every layer the store lacks, then the archive and the lock.
 
     \b
@@ -201,16 +296,24 @@ def build(ctx, locked, frozen, offline, formats, out, jobs, as_json) -> None:
     from . import build as b
 
     project = _project(ctx)
-    res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
-                  formats=list(formats) or None, out_dir=out, jobs=jobs, events=Printer(quiet=as_json))
+    printer = Printer(quiet=as_json)
+    cache = _cache(project, printer, **cache_opts)
+    try:
+        res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
+                      formats=list(formats) or None, out_dir=out, jobs=jobs, events=printer, cache=cache)
+    finally:
+        if cache is not None:
+            cache.close()
     if as_json:
         click.echo(msgspec.json.encode(_result_json(res)).decode())
     else:
         _print_result(res)
+        _print_cache(res.cache, cache.where if cache else "")
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@per_template
 @click.pass_context
 def plan(ctx, as_json) -> None:
     """Say per layer whether it is cached or must be built, and why. Builds nothing.
@@ -240,8 +343,10 @@ def plan(ctx, as_json) -> None:
 @cli.group(invoke_without_command=True)
 @click.option("--upgrade", is_flag=True, help="Resolve every pin again, not only those of changed layers.")
 @click.option("--offline", is_flag=True, help="Use only artifacts already in the store.")
+@cache_options
+@per_template
 @click.pass_context
-def lock(ctx, upgrade, offline) -> None:
+def lock(ctx, upgrade, offline, **cache_opts) -> None:
     """Resolve pins, build, and write locks/<template>.lock.
 
     The lock records output digests and the archive's sha256, so locking builds what is missing.
@@ -258,13 +363,17 @@ def lock(ctx, upgrade, offline) -> None:
 
     project = _project(ctx)
     store = _store(ctx)
-    if upgrade and project.lock_file.exists():
-        # Pins of every layer are resolved again: hide the old lock from the build.
-        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer(),
-                      ignore_lock_pins=True)
-    else:
-        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer())
+    printer = Printer()
+    cache = _cache(project, printer, **cache_opts)
+    try:
+        # --upgrade: pins of every layer are resolved again (the old lock is hidden from the build).
+        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=printer, cache=cache,
+                      ignore_lock_pins=upgrade and project.lock_file.exists())
+    finally:
+        if cache is not None:
+            cache.close()
     _print_result(res)
+    _print_cache(res.cache, cache.where if cache else "")
     if not res.lock_written:
         click.echo(f"{res.lock_file} is up to date")
 
@@ -370,8 +479,10 @@ def gc(ctx, dry_run) -> None:
               help="Also build each layer again (reusing only the stored layers below it and the "
                    "downloaded artifacts) and compare it with the stored one, path by path.")
 @click.argument("layers", nargs=-1)
+@cache_options
+@per_template
 @click.pass_context
-def verify(ctx, rebuild, layers) -> None:
+def verify(ctx, rebuild, layers, **cache_opts) -> None:
     """Check the store's entries and blobs for the locked template; with --rebuild, prove
     layers reproducible by building them again. Exit 1 if anything is wrong.
 
@@ -390,7 +501,36 @@ def verify(ctx, rebuild, layers) -> None:
     if rebuild:
         bad += _report(verify_rebuild(project, store, list(layers), events=Printer()), "not reproducible",
                        "reproducible")
+    cache = _cache(project, Printer(), **cache_opts)
+    if cache is not None:
+        bad += _verify_cache(project, cache, list(layers))
     sys.exit(1 if bad else 0)
+
+
+def _verify_cache(project, cache, layers: list[str]) -> int:
+    """Per locked layer, what the cache's entry claims against the lock (a poisoned or stale
+    entry would be refused by a --locked build; this names it before one runs)."""
+    from .cache import status
+    from .lock import toml as locktoml
+
+    lock = locktoml.read(project.lock_file)
+    if lock is None:
+        raise UserError(f"{project.lock_file}: no lock to check the cache against")
+    try:
+        results = {}
+        for st in status(cache, lock, outputs_too=True):
+            if layers and st.name not in layers:
+                continue
+            want = lock.layers[st.name].output
+            lines = [] if not st.cached or st.output == want else [
+                f"the cache's entry claims output {st.output or '(none)'}, the lock records {want}"]
+            results[f"cache {st.name}"] = lines
+            if not st.cached:
+                click.echo(f"cache {st.name}: not cached")
+                del results[f"cache {st.name}"]
+    finally:
+        cache.close()
+    return _report(results, "differs from the lock", "ok")
 
 
 def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -> int:
@@ -417,6 +557,7 @@ def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -
 @click.option("--insecure", is_flag=True,
               help="Allow plain HTTP to a registry that is not on loopback.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@per_template
 @click.pass_context
 def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
     """Push the template's OCI image, with its SBOM attached, to a registry.
@@ -445,6 +586,95 @@ def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
         click.echo(f"  sbom  {res.sbom} (a referrer of the image)")
 
 
+@cli.group("cache")
+def cache_group() -> None:
+    """The shared layer cache on an OCI registry (docs/cache.md)."""
+
+
+def _cache_locks(ctx, all_roots: bool):
+    """(name, lockfile) pairs: this project's lock, or with --all every live GC root's."""
+    from .lock import toml as locktoml
+
+    project = _project(ctx)
+    if not all_roots:
+        lock = locktoml.read(project.lock_file)
+        if lock is None:
+            raise UserError(f"{project.lock_file}: no lock; run `lxclayer build` first")
+        return project, [(project.template.name, lock)]
+    from . import roots
+
+    found = []
+    for root in roots.roots(_store(ctx).root):
+        if root.live():
+            lock = locktoml.read(root.lock_file)
+            if lock is not None:
+                found.append((f"{lock.template.name} ({root.lock_file})", lock))
+    return project, found
+
+
+def _required_cache(project, printer, cache_opts):
+    cache = _cache(project, printer, **cache_opts)
+    if cache is None:
+        raise UserError("no cache given: --cache REF, $LXCLAYER_CACHE, or [cache] url in lxclayer.toml")
+    return cache
+
+
+@cache_group.command("push")
+@click.option("--all", "all_roots", is_flag=True,
+              help="Every lock that builds into this store (its GC roots), not only this project's.")
+@cache_options
+@click.pass_context
+def cache_push(ctx, all_roots, **cache_opts) -> None:
+    """Upload what the local store holds for the lock(s); only what the cache lacks is sent.
+
+    \b
+    Example:
+      lxclayer cache push --cache oci://registry.example.com/team/lxclayer-cache
+    """
+    from .cache import push_lock
+
+    project, locks = _cache_locks(ctx, all_roots)
+    printer = Printer()
+    cache = _required_cache(project, printer, cache_opts)
+    store = _store(ctx)
+    bad = 0
+    try:
+        with store.session():
+            for name, lock in locks:
+                before = len(cache.stats.pushed)
+                missing = push_lock(cache, lock, store)
+                if cache.stats.unavailable:
+                    raise UserError(f"cache {cache.where} unavailable: {cache.stats.unavailable}")
+                pushed = len(cache.stats.pushed) - before
+                click.echo(f"{name}: {pushed} layer(s) pushed, {len(lock.layers) - len(missing) - pushed} "
+                           "already cached" + (f"; not in the store: {', '.join(missing)}" if missing else ""))
+                bad += bool(missing)
+    finally:
+        cache.close()
+    sys.exit(1 if bad else 0)
+
+
+@cache_group.command("ls")
+@click.option("--all", "all_roots", is_flag=True,
+              help="Every lock that builds into this store (its GC roots), not only this project's.")
+@cache_options
+@click.pass_context
+def cache_ls(ctx, all_roots, **cache_opts) -> None:
+    """Show which layers of each template the cache has."""
+    from .cache import status
+
+    project, locks = _cache_locks(ctx, all_roots)
+    cache = _required_cache(project, Printer(), cache_opts)
+    try:
+        for name, lock in locks:
+            st = status(cache, lock)
+            click.echo(f"{name}: {sum(s.cached for s in st)} of {len(st)} layers in {cache.where}")
+            for s in st:
+                click.echo(f"  {'cached ' if s.cached else 'missing'}  {s.name}  {s.input}")
+    finally:
+        cache.close()
+
+
 @cli.command("boot-test")
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--timeout", type=float, default=600, show_default=True,
@@ -452,6 +682,7 @@ def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
 @click.option("--no-reboot", is_flag=True, help="Do not reboot the container and check again.")
 @click.option("--no-network", is_flag=True, help="Loopback only: no veth, bridge or DHCP.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@per_template
 @click.pass_context
 def boot_test(ctx, archive, timeout, no_reboot, no_network, as_json) -> None:
     """Boot a template the way `pct create` and Proxmox would, and run the template's checks.

@@ -40,8 +40,7 @@ FORBIDDEN_PREFIXES = ("./etc/ssh/ssh_host_", "./etc/stock-analysis/secrets/", ".
 
 
 class Template(NamedTuple):
-    file: str  # the template definition, relative to the repository
-    name: str  # the template's name: its lock is locks/NAME.lock, its archives dist/NAME_1.0.0-1_amd64.*
+    name: str  # templates/NAME.toml: its lock is locks/NAME.lock, its archives dist/NAME_1.0.0-1_amd64.*
     pg: str  # PostgreSQL major
     python: str
 
@@ -52,8 +51,8 @@ class Template(NamedTuple):
 
 # Each template of the project.
 TEMPLATES = {
-    "debian-12": Template("layers/template.toml", "debian-12-stock-analysis", "15", "3.11"),
-    "debian-13": Template("layers-debian-13/template.toml", "debian-13-stock-analysis", "17", "3.13"),
+    "debian-12": Template("debian-12-stock-analysis", "15", "3.11"),
+    "debian-13": Template("debian-13-stock-analysis", "17", "3.13"),
 }
 
 
@@ -70,7 +69,7 @@ def template_outputs(tmp_path_factory, template) -> dict[str, Path]:
     # As a user's shell might be (issue 10): another umask, time zone and locale, and another
     # working folder. The lock was made under umask 022 and UTC; the build must reproduce it.
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    r = run_cli("--project", str(REPO), "--template", str(REPO / template.file), "build", "--locked", "--out", str(out),
+    r = run_cli("--project", str(REPO), "--template", template.name, "build", "--locked", "--out", str(out),
                 "--json", timeout=3600, cwd=elsewhere, umask=0o002, env={"TZ": "Pacific/Auckland", "LC_ALL": "C.UTF-8"})
     assert r.returncode == 0, r.stderr[-5000:]
     report = json.loads(r.stdout)
@@ -153,7 +152,7 @@ def test_boot_test_of_the_template(template_outputs, template, fmt):
     require_tools("lxc-start", "lxc-attach", "lxc-usernsexec", "newuidmap", "dnsmasq", "ip")
     require_lxc_guest_configs()
     template_archive = template_outputs[fmt]
-    r = run_cli("--project", str(REPO), "--template", str(REPO / template.file), "boot-test", str(template_archive),
+    r = run_cli("--project", str(REPO), "--template", template.name, "boot-test", str(template_archive),
                 "--json", timeout=3600)
     report = json.loads(r.stdout) if r.stdout.strip().startswith("{") else None
     assert report is not None, r.stderr[-5000:]
