@@ -592,18 +592,23 @@ def cache_group() -> None:
 
 
 def _cache_locks(ctx, all_roots: bool):
-    """(name, lockfile) pairs: this project's lock, or with --all every live GC root's."""
+    """(name, lockfile) pairs: every lock in the project's locks/, or with --all every live GC
+    root's (every project that builds into this store)."""
     from .lock import toml as locktoml
 
     project = _project(ctx)
+    found = []
     if not all_roots:
-        lock = locktoml.read(project.lock_file)
-        if lock is None:
-            raise UserError(f"{project.lock_file}: no lock; run `lxclayer build` first")
-        return project, [(project.template.name, lock)]
+        folder = project.root / "locks"
+        for f in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
+            lock = locktoml.read(f)
+            if lock is not None:
+                found.append((lock.template.name, lock))
+        if not found:
+            raise UserError(f"{folder}: no lock; run `lxclayer build` first")
+        return project, found
     from . import roots
 
-    found = []
     for root in roots.roots(_store(ctx).root):
         if root.live():
             lock = locktoml.read(root.lock_file)
@@ -621,11 +626,12 @@ def _required_cache(project, printer, cache_opts):
 
 @cache_group.command("push")
 @click.option("--all", "all_roots", is_flag=True,
-              help="Every lock that builds into this store (its GC roots), not only this project's.")
+              help="Every lock that builds into this store (its GC roots), not only this project's locks.")
 @cache_options
 @click.pass_context
 def cache_push(ctx, all_roots, **cache_opts) -> None:
-    """Upload what the local store holds for the lock(s); only what the cache lacks is sent.
+    """Upload what the local store holds for the project's locks (every template); only what
+    the cache lacks is sent.
 
     \b
     Example:
@@ -660,7 +666,7 @@ def cache_push(ctx, all_roots, **cache_opts) -> None:
 @cache_options
 @click.pass_context
 def cache_ls(ctx, all_roots, **cache_opts) -> None:
-    """Show which layers of each template the cache has."""
+    """Show which layers of each template (each lock in locks/) the cache has."""
     from .cache import status
 
     project, locks = _cache_locks(ctx, all_roots)
