@@ -56,6 +56,9 @@ TEMPLATES = {
 }
 
 
+DEFAULT_KEY = "debian-13"  # lxclayer.toml's default-template
+
+
 @pytest.fixture(scope="module", params=sorted(TEMPLATES))
 def template(request) -> Template:
     return TEMPLATES[request.param]
@@ -145,14 +148,10 @@ def test_the_sbom_beside_the_archives_is_the_locks(template_outputs, template):
     assert {f"postgresql-{template.pg}", "redis-server", "rabbitmq-server", "psycopg", "uv"} <= names
 
 
-@pytest.mark.parametrize("fmt", ["tar.gz", "oci"])
-def test_boot_test_of_the_template(template_outputs, template, fmt):
-    """The tar.gz as `pct create` unpacks it; the OCI image as PVE 9.1 does (layer by layer,
-    whiteouts applied, in the user namespace). Every check green, a reboot, the faults."""
+def _boot(template: Template, archive: Path) -> None:
     require_tools("lxc-start", "lxc-attach", "lxc-usernsexec", "newuidmap", "dnsmasq", "ip")
     require_lxc_guest_configs()
-    template_archive = template_outputs[fmt]
-    r = run_cli("--project", str(REPO), "--template", template.name, "boot-test", str(template_archive),
+    r = run_cli("--project", str(REPO), "--template", template.name, "boot-test", str(archive),
                 "--json", timeout=3600)
     report = json.loads(r.stdout) if r.stdout.strip().startswith("{") else None
     assert report is not None, r.stderr[-5000:]
@@ -161,7 +160,21 @@ def test_boot_test_of_the_template(template_outputs, template, fmt):
     phases = {x["phase"] for x in report["results"]}
     assert {"boot", "reboot"} <= phases and any(p.startswith("fault:") for p in phases)
     print(f"\nboot test: green {report['seconds_to_green']:.1f}s after start; times {report['times']}")
-    assert os.path.exists(template_archive)
+    assert os.path.exists(archive)
+
+
+def test_boot_test_of_the_template(template_outputs, template):
+    """The tar.gz as `pct create` unpacks it: every check green, a reboot, the faults."""
+    _boot(template, template_outputs["tar.gz"])
+
+
+@pytest.mark.parametrize("template", [DEFAULT_KEY], indirect=True)
+def test_boot_test_of_the_oci_image(template_outputs, template):
+    """The OCI image as PVE 9.1 unpacks it (layer by layer, whiteouts applied, in the user
+    namespace), for the default template: Debian 13, what Proxmox VE 9.1 runs on. The unpacker
+    is the same for both templates and each boot costs CI one to two minutes; the Debian 12
+    image was booted green by hand (docs/oci.md)."""
+    _boot(template, template_outputs["oci"])
 
 
 def test_lock_lists_every_package_and_wheel():
