@@ -100,7 +100,8 @@ class Printer:
     def layer_done(self, p) -> None:
         self._stop_ticker()
         if p.state == "built":
-            self._line(f"  built    {p.name} in {p.seconds:.1f}s  {p.output[:12]}")
+            progs = f" (programs {p.program_seconds:.1f}s)" if p.program_seconds else ""
+            self._line(f"  built    {p.name} in {p.seconds:.1f}s{progs}  {p.output[:12]}")
         else:
             self._line(f"  cached   {p.name}  {p.output[:12]}")
 
@@ -155,10 +156,21 @@ def _mode(locked: bool, frozen: bool):
     return Mode.LOCKED if locked else Mode.FROZEN if frozen else Mode.NORMAL
 
 
+SNAPSHOTS_OPTION = click.option(
+    "--snapshots", "snaps", type=click.Choice(["on", "off"]), default=None,
+    help="Build program layers on overlay snapshots of the layers below (default: on, or $LXCLAYER_SNAPSHOTS);"
+         " off: on a full copy of them, for file systems without overlayfs.")
+
+
+def _on(snaps: str | None) -> bool | None:
+    return None if snaps is None else snaps == "on"
+
+
 def _result_json(res) -> dict:
     return {
         "layers": [{"name": p.name, "kind": p.kind, "state": p.state, "reasons": p.reasons,
-                    "input": p.input, "output": p.output, "seconds": round(p.seconds, 3)} for p in res.layers],
+                    "input": p.input, "output": p.output, "seconds": round(p.seconds, 3),
+                    "program_seconds": round(p.program_seconds, 3)} for p in res.layers],
         "archives": [{"format": a.format, "path": str(a.path), "sha256": a.sha256, "size": a.size,
                       "composed": a.composed, "chunks": a.chunks, "reused": a.reused,
                       **({"image": a.image} if a.image else {})} for a in res.archives],
@@ -189,8 +201,9 @@ def _print_result(res) -> None:
               help="Output folder. Default: dist/ in the project.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Compression threads. Default: all cores.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@SNAPSHOTS_OPTION
 @click.pass_context
-def build(ctx, locked, frozen, offline, formats, out, jobs, as_json) -> None:
+def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps) -> None:
     """Build the template: every layer the store lacks, then the archive and the lock.
 
     \b
@@ -202,7 +215,8 @@ def build(ctx, locked, frozen, offline, formats, out, jobs, as_json) -> None:
 
     project = _project(ctx)
     res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
-                  formats=list(formats) or None, out_dir=out, jobs=jobs, events=Printer(quiet=as_json))
+                  formats=list(formats) or None, out_dir=out, jobs=jobs, events=Printer(quiet=as_json),
+                  snapshots_on=_on(snaps))
     if as_json:
         click.echo(msgspec.json.encode(_result_json(res)).decode())
     else:
@@ -240,8 +254,9 @@ def plan(ctx, as_json) -> None:
 @cli.group(invoke_without_command=True)
 @click.option("--upgrade", is_flag=True, help="Resolve every pin again, not only those of changed layers.")
 @click.option("--offline", is_flag=True, help="Use only artifacts already in the store.")
+@SNAPSHOTS_OPTION
 @click.pass_context
-def lock(ctx, upgrade, offline) -> None:
+def lock(ctx, upgrade, offline, snaps) -> None:
     """Resolve pins, build, and write locks/<template>.lock.
 
     The lock records output digests and the archive's sha256, so locking builds what is missing.
@@ -261,9 +276,10 @@ def lock(ctx, upgrade, offline) -> None:
     if upgrade and project.lock_file.exists():
         # Pins of every layer are resolved again: hide the old lock from the build.
         res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer(),
-                      ignore_lock_pins=True)
+                      ignore_lock_pins=True, snapshots_on=_on(snaps))
     else:
-        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer())
+        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer(),
+                      snapshots_on=_on(snaps))
     _print_result(res)
     if not res.lock_written:
         click.echo(f"{res.lock_file} is up to date")

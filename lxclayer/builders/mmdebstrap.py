@@ -185,6 +185,7 @@ def realise(ctx: Context) -> Result:
             out = run_isolated(setup, argv, env=env, network=False, log=ctx.log,
                                log_file=ctx.workdir / "mmdebstrap.log")
     finally:
+        ctx.program_seconds += time.monotonic() - t
         sweep(ctx.workdir, ctx.log)
         try:
             os.rmdir(inside)
