@@ -221,6 +221,7 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
         resolved = mod.resolved_inputs(ctx) if hasattr(mod, "resolved_inputs") else {}
         drv = ev.derive(layer, artifacts, resolved, [e.output for e in below])
         p.input = drv.input
+        ctx.input = p.input
         if mode is Mode.LOCKED and locked is not None and p.input != locked.input:
             why = ev.reasons(layer, drv.record)
             raise LockError(f"layer {layer.name}: inputs differ from the lock: {'; '.join(why)}",

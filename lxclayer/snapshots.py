@@ -36,6 +36,7 @@ from .errors import BuildError
 from .fsio import pid_alive, rmtree
 from .manifest import Entry, find, parent_of, sort_key
 from .materialise import materialise
+from .scan import kept_xattr
 from .store import Store
 
 SNAPSHOTS = "snapshots"
@@ -153,6 +154,58 @@ def make(store: Store, input_digest: str, output: str, entries: list[Entry],
         rmtree(tmp)
         raise
     return final / ROOT
+
+
+def adopt(store: Store, input_digest: str, output: str, upper: Path, *, mtime: int) -> Path:
+    """Make the upper directory a layer was just built in (on an overlay of the snapshots below,
+    unmounted now) that layer's snapshot, by moving it: no copy. Its merged view with the
+    snapshots below is then what the store entry says once the upper directory is brought to
+    the entry's terms: mtimes clamped to `mtime`, sockets and the contents of the run-time
+    folders removed, xattrs the manifest does not keep removed (of overlayfs's own, only the
+    opaque mark stays). Appears atomically like :func:`make`."""
+    base = snapshots_dir(store)
+    base.mkdir(exist_ok=True)
+    tmp = base / f".tmp-{os.getpid()}-{next(_counter)}"
+    try:
+        tmp.mkdir()
+        root = tmp / ROOT
+        os.rename(upper, root)
+        for dirpath, dirs, files in os.walk(root, topdown=False):
+            rel = os.path.relpath(dirpath, root)
+            for name in itertools.chain(files, dirs):
+                p = os.path.join(dirpath, name)
+                st = os.lstat(p)
+                if stat.S_ISSOCK(st.st_mode) or _runtime(rel, name):
+                    if stat.S_ISDIR(st.st_mode):
+                        rmtree(Path(p))
+                    else:
+                        os.unlink(p)
+                    continue
+                if not stat.S_ISLNK(st.st_mode):
+                    for x in os.listxattr(p, follow_symlinks=False):
+                        if x != OPAQUE and not kept_xattr(x):
+                            os.removexattr(p, x, follow_symlinks=False)
+                if st.st_mtime_ns > mtime * 1_000_000_000:
+                    os.utime(p, (mtime, mtime), follow_symlinks=False)
+        os.utime(root, (mtime, mtime))
+        (tmp / INDEX).write_bytes(_index_enc.encode(Index(output=output, paths=take_index(root))))
+        final = snapshot_dir(store, input_digest)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            rmtree(tmp)
+        return final / ROOT
+    except BaseException:
+        rmtree(tmp)
+        raise
+
+
+def _runtime(rel: str, name: str) -> bool:
+    """Inside dev, proc or sys (never part of a layer; see lxclayer.debian.layer.RUNTIME_DIRS)."""
+    head = (name if rel == "." else rel).split("/", 1)[0]
+    return rel != "." and head in ("dev", "proc", "sys")
 
 
 def check(store: Store, input_digest: str, output: str) -> str | None:

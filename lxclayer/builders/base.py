@@ -28,6 +28,7 @@ class Context:
     # Run programs on an overlay of the snapshots of the layers below (see lxclayer.snapshots).
     snapshots: Policy = field(default_factory=Policy)
     program_seconds: float = 0.0  # time spent in the programs the builder ran
+    input: str = ""  # the layer's input digest, once known (names its snapshot)
     _lower: list[Entry] | None = field(default=None, repr=False)
 
     @property
