@@ -110,7 +110,17 @@ def layer_entries(entries: list[Entry], lower: Callable[[str], Entry | None], *,
             return msgspec.structs.replace(below, implicit=False)
         return Entry(path=path, type="dir", mode=0o755, mtime=mtime)
 
+    def under_non_dir(path: str) -> bool:
+        p = parent_of(path)
+        while p:
+            if p in by_path and by_path[p].type != "dir":
+                return True
+            p = parent_of(p)
+        return False
+
     for e in entries:
+        if e.type == "whiteout" and under_non_dir(e.path):
+            continue  # a directory replaced by a file: the file hides all that was below
         p = parent_of(e.path)
         while p and p not in by_path and p not in out:
             out[p] = implied(p)
