@@ -69,6 +69,8 @@ REMOVE = (
 # Everything below these folders is removed, the folders themselves kept.
 EMPTY_DIRS = ("tmp", "var/tmp", "run", "var/cache/fontconfig", "var/cache/private")
 
+APT_PARTIAL = ("var/cache/apt/archives/partial", "var/lib/apt/lists/partial")
+
 # Per-instance identities: made at first boot, never shipped in a template.
 IDENTITIES = (
     "etc/ssh/ssh_host_*_key",
@@ -178,6 +180,14 @@ def normalise(
         if not mid.exists() and not mid.is_symlink() and (root / "lib/systemd/systemd").exists():
             mid.write_bytes(b"")
             os.chmod(mid, 0o444)
+        # mmdebstrap downloads with the host's apt, which gives its partial folders to the
+        # *host's* _apt user if the host has one: root's, as on a host without one (apt in the
+        # container hands them to its own _apt when it first runs).
+        for name in APT_PARTIAL:
+            p = root / name
+            if _real_dir(p) and os.geteuid() == 0 and (p.stat().st_uid, p.stat().st_gid) != (0, 0):
+                os.chown(p, 0, 0)
+                done.append(name)
     done += fix_pycs(root, source_date_epoch, walk=pycs_under)
     if done:
         log(f"normalised {len(done)} paths")
