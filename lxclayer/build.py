@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import hermetic, outputs, roots, snapshots
 from .builders import builder
@@ -24,14 +25,18 @@ from .builders.base import Context
 from .definitions import Layer, Project, rel
 from .errors import BuildError, LockError, StoreCorruption
 from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
-from .fsio import atomic_write, remove_stale_temporaries
+from .fsio import remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
 from .outputs import ArchiveInfo, ExportJob
+from .outputs.sbom import write_sbom
 from .sources import StatCache, cache_for
 from .store import LayerEntry, LayerMeta, Store
+
+if TYPE_CHECKING:
+    from .cache import Cache, CacheStats
 
 
 @dataclass
@@ -54,6 +59,7 @@ class BuildResult:
     lock_written: bool
     seconds: float
     sbom: Path | None = None  # the SPDX document written beside the archives
+    cache: CacheStats | None = None  # what the shared cache gave and took, when one was used
 
 
 class Events:
@@ -195,7 +201,8 @@ def _lookup(store: Store, digest_: str, layer: Layer, mode: Mode, events: Events
 
 def realise_layer(project: Project, layer: Layer, store: Store, below: list[LayerEntry], lock: Lockfile | None,
                   mode: Mode, offline: bool, events: Events, cache: StatCache | None = None,
-                  ev: Evaluator | None = None, snaps: snapshots.Policy | None = None) -> tuple[LayerEntry, LayerPlan]:
+                  ev: Evaluator | None = None, substituter: Cache | None = None,
+                  snaps: snapshots.Policy | None = None) -> tuple[LayerEntry, LayerPlan]:
     """Find `layer` in the store, or build it there: resolve its pins if the lock's no longer
     hold, derive its input digest from them and the layers `below`, build if missing."""
     ev = ev or Evaluator(project, store, lock, mode, cache)
@@ -229,19 +236,32 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
         entry = _lookup(store, p.input, layer, mode, events)
         if entry is None:
             p.reasons = ev.reasons(layer, drv.record) or ["not in the store"]
-            events.layer_start(p)
+            if substituter is None:
+                events.layer_start(p)  # (with a cache: once it is known that the layer is built here)
             with store.layer_lock(p.input):
                 entry = _lookup(store, p.input, layer, mode, events)  # built meanwhile by another run?
+                pulled = None
+                if entry is None and substituter is not None:
+                    pulled = substituter.substitute(
+                        layer.name, p.input, store, builder=builder_id(layer),
+                        want_output=locked.output if mode is Mode.LOCKED and locked is not None else None)
                 if entry is None:
-                    with hermetic.fixed_umask():
-                        result = mod.realise(ctx)
+                    if pulled is not None:
+                        entries, reported, p.state = pulled.entries, pulled.meta.artifacts, "pulled"
+                    else:
+                        if substituter is not None:
+                            events.layer_start(p)
+                        with hermetic.fixed_umask():
+                            result = mod.realise(ctx)
+                        entries, reported, p.state = result.entries, result.artifacts, "built"
+                    # The input record and pins are this build's own (they hash to the input
+                    # digest); only the built files may come from the cache, checked.
                     meta = LayerMeta(input=p.input, output="", kind=layer.kind, builder=builder_id(layer),
                                      layer=layer.name, record=drv.meta_record(),
                                      # The lock records the pins that went into the input digest;
                                      # a builder without pins may still report what it installed.
-                                     artifacts=artifacts if hasattr(mod, "resolve") else result.artifacts)
-                    entry = store.publish(meta, result.entries)
-                    p.state = "built"
+                                     artifacts=artifacts if hasattr(mod, "resolve") else reported)
+                    entry = store.publish(meta, entries)
                 else:
                     p.state = "cached"
         else:
@@ -299,7 +319,8 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
 def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: bool = False,
           formats: list[str] | None = None, out_dir: Path | None = None, write_lock: bool = True,
           jobs: int | None = None, events: Events | None = None,
-          ignore_lock_pins: bool = False, snapshots_on: bool | None = None) -> BuildResult:
+          ignore_lock_pins: bool = False, cache: Cache | None = None,
+          snapshots_on: bool | None = None) -> BuildResult:
     """Build every layer that the store lacks, compose the archive(s), write the lock.
     `snapshots_on`: realise program layers on snapshots (None: as $LXCLAYER_SNAPSHOTS says)."""
     events = events or Events()
@@ -315,28 +336,33 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
         # This project's lock is a GC root of the store from now on: `gc`, run from any project
         # sharing the store, keeps what it names (a root whose lockfile never appears is dead).
         roots.register(store.root, lock_path)
-        cache = cache_for(store.root, project.root)
-        ev = Evaluator(project, store, lock, mode, cache)
+        cache_ = cache_for(store.root, project.root)
+        shared = None if offline else cache
+        ev = Evaluator(project, store, lock, mode, cache_)
         if mode is Mode.LOCKED:
             check_locked(ev)
         pins_from = None if ignore_lock_pins else lock
         if ignore_lock_pins:
-            ev = Evaluator(project, store, None, mode, cache)
+            ev = Evaluator(project, store, None, mode, cache_)
         for attempt in range(3):
             try:
                 entries: list[LayerEntry] = []
                 plans: list[LayerPlan] = []
                 for layer in project.layers:
                     entry, p = realise_layer(project, layer, store, entries, pins_from, mode, offline, events,
-                                             cache, ev, snaps)
+                                             cache_, ev, substituter=shared, snaps=snaps)
                     entries.append(entry)
                     plans.append(p)
                     events.layer_done(p)
                 tree = _checked_tree(entries, project.template.source_date_epoch)
                 stack_lock = _lock_from(project, entries, [], None)
+                pulled: dict[str, list[str]] = {}
+                if shared is not None and (any(p.state != "cached" for p in plans) or not all(
+                        (out_dir / outputs.exporter(f).filename(project.template)).exists() for f in formats)):
+                    pulled = {f: shared.fetch_outputs(outputs.cache_key(stack_lock, f), store) for f in formats}
                 archives = [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events)
                             for fmt in formats]
-                sbom = write_sbom(stack_lock, out_dir)
+                sbom = write_sbom(stack_lock, out_dir)  # every template's SBOM, from its lock alone
                 break
             except StoreCorruption as e:
                 if mode is Mode.LOCKED or attempt == 2:
@@ -344,14 +370,26 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 events.warn(f"{e.message()}: removing the damaged entry and building again")
                 store.evict(e, entries)
         if mode is Mode.LOCKED and lock is not None:
-            for a in archives:
+            for i, a in enumerate(archives):
                 want = lock.template.archives.get(a.format)
+                if want is not None and want.sha256 != a.sha256 and pulled.get(a.format):
+                    # made from the cache's chunks: those are not trusted over the lock
+                    events.warn(f"{a.path.name} made from the cache's chunks is not the lock's; composing here")
+                    for name in pulled[a.format]:
+                        store.remove_chunk(name)
+                    a = archives[i] = _export(project, store, tree, a.format, out_dir, entries, stack_lock,
+                                              jobs, events)
                 if want is not None and want.sha256 != a.sha256:
                     raise LockError(
                         f"{a.path.name}: sha256 {a.sha256} differs from the lock's {want.sha256}"
                         " (the compressor or a layer is not reproducible here)",
                         file=rel(project.lock_file, project.root))
-        cache.save()
+        cache_.save()
+        if shared is not None and shared.settings.push:
+            shared.upload([(layer.name, e) for layer, e in zip(project.layers, entries, strict=True)], store)
+            for fmt in formats:
+                shared.upload_outputs(outputs.cache_key(stack_lock, fmt),
+                                      lambda fmt=fmt: outputs.kept(store, fmt, stack_lock, entries), store)
         wrote = False
         if write_lock and mode is Mode.NORMAL:
             new = _lock_from(project, entries, archives, lock)
@@ -359,22 +397,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 locktoml.write(lock_path, new)
                 wrote = True
     return BuildResult(layers=plans, archives=archives, lock_file=lock_path, lock_written=wrote,
-                       seconds=time.monotonic() - t0, sbom=sbom)
-
-
-def write_sbom(lock: Lockfile, out_dir: Path) -> Path:
-    """`dist/<template>.spdx.json` from the stack's lock alone; rewritten only when it differs."""
-    from .outputs.sbom import sbom_filename, spdx_document
-
-    path = out_dir / sbom_filename(lock)
-    data = spdx_document(lock)
-    try:
-        same = path.read_bytes() == data
-    except OSError:
-        same = False
-    if not same:
-        atomic_write(path, data)
-    return path
+                       seconds=time.monotonic() - t0, sbom=sbom, cache=shared.stats if shared else None)
 
 
 def _checked_tree(entries: list[LayerEntry], mtime: int) -> Callable[[], list]:

@@ -41,6 +41,58 @@ def _store(ctx: click.Context):
     return Store(ctx.obj["store"])
 
 
+def cache_options(f):
+    """--cache and its companions, for the commands that build (docs/cache.md)."""
+    opts = [
+        click.option("--cache", "cache_url", metavar="REF", default=None,
+                     help="Shared layer cache, oci://HOST[:PORT]/REPOSITORY (or `off`). Default: "
+                          "$LXCLAYER_CACHE, then [cache] url in lxclayer.toml."),
+        click.option("--cache-mode", type=click.Choice(["pull", "push"]), default=None,
+                     help="pull: only read the cache; push: also upload what was built. "
+                          "Default: $LXCLAYER_CACHE_MODE, lxclayer.toml, then push under CI, else pull."),
+        click.option("--cache-auth", type=click.Path(dir_okay=False), default=None,
+                     help="Registry auth file (docker's config.json format). Default: $REGISTRY_AUTH_FILE, "
+                          "then the files podman and docker use."),
+        click.option("--cache-ca", type=click.Path(dir_okay=False), default=None,
+                     help="CA certificates for the cache's HTTPS (default: the system's)."),
+        click.option("--cache-insecure", is_flag=True,
+                     help="Allow plain HTTP to a cache that is not on loopback."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _cache(project, printer, cache_url, cache_mode, cache_auth, cache_ca, cache_insecure):
+    """The run's shared cache, or None when none is configured (the registry code is imported
+    only then: a no-op build stays fast)."""
+    import os
+
+    if not (cache_url or os.environ.get("LXCLAYER_CACHE") or (project.root / "lxclayer.toml").exists()):
+        return None
+    from .cache import Cache, settings
+
+    s = settings(project.root, url=cache_url, mode=cache_mode, auth_file=cache_auth, ca_file=cache_ca,
+                 insecure=cache_insecure)
+    return None if s is None else Cache(s, printer.warn)
+
+
+def _print_cache(stats, where: str) -> None:
+    if stats is None:
+        return
+    parts = [f"{len(stats.pulled)} layer(s) pulled"]
+    if stats.outputs_pulled:
+        parts.append(f"{stats.outputs_pulled} output blob(s) pulled")
+    parts.append(f"{len(stats.pushed)} layer(s) pushed")
+    if stats.outputs_pushed:
+        parts.append(f"{stats.outputs_pushed} output blob(s) pushed")
+    if stats.refused:
+        parts.append(f"refused: {', '.join(stats.refused)}")
+    if stats.unavailable:
+        parts.append("unavailable")
+    click.echo(f"cache {where}: {', '.join(parts)}", err=True)
+
+
 class Printer:
     """Build events as lines on stderr, with a ticking elapsed time on a terminal."""
 
@@ -52,8 +104,8 @@ class Printer:
         self._lock = threading.Lock()
         self._status = ""
 
-    def _line(self, text: str) -> None:
-        if self.quiet:
+    def _line(self, text: str, *, always: bool = False) -> None:
+        if self.quiet and not always:
             return
         with self._lock:
             if self.tty:
@@ -102,6 +154,8 @@ class Printer:
         if p.state == "built":
             progs = f" (programs {p.program_seconds:.1f}s)" if p.program_seconds else ""
             self._line(f"  built    {p.name} in {p.seconds:.1f}s{progs}  {p.output[:12]}")
+        elif p.state == "pulled":
+            self._line(f"  pulled   {p.name} from the cache in {p.seconds:.1f}s  {p.output[:12]}")
         else:
             self._line(f"  cached   {p.name}  {p.output[:12]}")
 
@@ -125,7 +179,8 @@ class Printer:
             self._line(f"  up to date {info.path.name}")
 
     def warn(self, message: str) -> None:
-        self._line(f"  warning: {message}")
+        # on stderr even with --json (stdout holds the report): a warning is never silent
+        self._line(f"  warning: {message}", always=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -176,6 +231,7 @@ def _result_json(res) -> dict:
                       **({"image": a.image} if a.image else {})} for a in res.archives],
         "lock": str(res.lock_file), "lock_written": res.lock_written, "seconds": round(res.seconds, 3),
         "sbom": str(res.sbom) if res.sbom else None,
+        **({"cache": msgspec.to_builtins(res.cache)} if res.cache else {}),
     }
 
 
@@ -201,9 +257,10 @@ def _print_result(res) -> None:
               help="Output folder. Default: dist/ in the project.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Compression threads. Default: all cores.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@cache_options
 @SNAPSHOTS_OPTION
 @click.pass_context
-def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps) -> None:
+def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps, **cache_opts) -> None:
     """Build the template: every layer the store lacks, then the archive and the lock.
 
     \b
@@ -214,13 +271,20 @@ def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps) -> N
     from . import build as b
 
     project = _project(ctx)
-    res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
-                  formats=list(formats) or None, out_dir=out, jobs=jobs, events=Printer(quiet=as_json),
-                  snapshots_on=_on(snaps))
+    printer = Printer(quiet=as_json)
+    cache = _cache(project, printer, **cache_opts)
+    try:
+        res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
+                      formats=list(formats) or None, out_dir=out, jobs=jobs, events=printer, cache=cache,
+                      snapshots_on=_on(snaps))
+    finally:
+        if cache is not None:
+            cache.close()
     if as_json:
         click.echo(msgspec.json.encode(_result_json(res)).decode())
     else:
         _print_result(res)
+        _print_cache(res.cache, cache.where if cache else "")
 
 
 @cli.command()
@@ -254,9 +318,10 @@ def plan(ctx, as_json) -> None:
 @cli.group(invoke_without_command=True)
 @click.option("--upgrade", is_flag=True, help="Resolve every pin again, not only those of changed layers.")
 @click.option("--offline", is_flag=True, help="Use only artifacts already in the store.")
+@cache_options
 @SNAPSHOTS_OPTION
 @click.pass_context
-def lock(ctx, upgrade, offline, snaps) -> None:
+def lock(ctx, upgrade, offline, snaps, **cache_opts) -> None:
     """Resolve pins, build, and write locks/<template>.lock.
 
     The lock records output digests and the archive's sha256, so locking builds what is missing.
@@ -273,14 +338,17 @@ def lock(ctx, upgrade, offline, snaps) -> None:
 
     project = _project(ctx)
     store = _store(ctx)
-    if upgrade and project.lock_file.exists():
-        # Pins of every layer are resolved again: hide the old lock from the build.
-        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer(),
-                      ignore_lock_pins=True, snapshots_on=_on(snaps))
-    else:
-        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=Printer(),
-                      snapshots_on=_on(snaps))
+    printer = Printer()
+    cache = _cache(project, printer, **cache_opts)
+    try:
+        # --upgrade: pins of every layer are resolved again (the old lock is hidden from the build).
+        res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=printer, cache=cache,
+                      ignore_lock_pins=upgrade and project.lock_file.exists(), snapshots_on=_on(snaps))
+    finally:
+        if cache is not None:
+            cache.close()
     _print_result(res)
+    _print_cache(res.cache, cache.where if cache else "")
     if not res.lock_written:
         click.echo(f"{res.lock_file} is up to date")
 
@@ -386,8 +454,9 @@ def gc(ctx, dry_run) -> None:
               help="Also build each layer again (reusing only the stored layers below it and the "
                    "downloaded artifacts) and compare it with the stored one, path by path.")
 @click.argument("layers", nargs=-1)
+@cache_options
 @click.pass_context
-def verify(ctx, rebuild, layers) -> None:
+def verify(ctx, rebuild, layers, **cache_opts) -> None:
     """Check the store's entries and blobs for the locked template; with --rebuild, prove
     layers reproducible by building them again. Exit 1 if anything is wrong.
 
@@ -406,7 +475,36 @@ def verify(ctx, rebuild, layers) -> None:
     if rebuild:
         bad += _report(verify_rebuild(project, store, list(layers), events=Printer()), "not reproducible",
                        "reproducible")
+    cache = _cache(project, Printer(), **cache_opts)
+    if cache is not None:
+        bad += _verify_cache(project, cache, list(layers))
     sys.exit(1 if bad else 0)
+
+
+def _verify_cache(project, cache, layers: list[str]) -> int:
+    """Per locked layer, what the cache's entry claims against the lock (a poisoned or stale
+    entry would be refused by a --locked build; this names it before one runs)."""
+    from .cache import status
+    from .lock import toml as locktoml
+
+    lock = locktoml.read(project.lock_file)
+    if lock is None:
+        raise UserError(f"{project.lock_file}: no lock to check the cache against")
+    try:
+        results = {}
+        for st in status(cache, lock, outputs_too=True):
+            if layers and st.name not in layers:
+                continue
+            want = lock.layers[st.name].output
+            lines = [] if not st.cached or st.output == want else [
+                f"the cache's entry claims output {st.output or '(none)'}, the lock records {want}"]
+            results[f"cache {st.name}"] = lines
+            if not st.cached:
+                click.echo(f"cache {st.name}: not cached")
+                del results[f"cache {st.name}"]
+    finally:
+        cache.close()
+    return _report(results, "differs from the lock", "ok")
 
 
 def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -> int:
@@ -459,6 +557,95 @@ def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
         click.echo(f"pushed {res.reference} ({res.sent} of {res.blobs} blobs sent)")
         click.echo(f"  image {res.reference.rsplit(':', 1)[0]}@{res.digest}")
         click.echo(f"  sbom  {res.sbom} (a referrer of the image)")
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The shared layer cache on an OCI registry (docs/cache.md)."""
+
+
+def _cache_locks(ctx, all_roots: bool):
+    """(name, lockfile) pairs: this project's lock, or with --all every live GC root's."""
+    from .lock import toml as locktoml
+
+    project = _project(ctx)
+    if not all_roots:
+        lock = locktoml.read(project.lock_file)
+        if lock is None:
+            raise UserError(f"{project.lock_file}: no lock; run `lxclayer build` first")
+        return project, [(project.template.name, lock)]
+    from . import roots
+
+    found = []
+    for root in roots.roots(_store(ctx).root):
+        if root.live():
+            lock = locktoml.read(root.lock_file)
+            if lock is not None:
+                found.append((f"{lock.template.name} ({root.lock_file})", lock))
+    return project, found
+
+
+def _required_cache(project, printer, cache_opts):
+    cache = _cache(project, printer, **cache_opts)
+    if cache is None:
+        raise UserError("no cache given: --cache REF, $LXCLAYER_CACHE, or [cache] url in lxclayer.toml")
+    return cache
+
+
+@cache_group.command("push")
+@click.option("--all", "all_roots", is_flag=True,
+              help="Every lock that builds into this store (its GC roots), not only this project's.")
+@cache_options
+@click.pass_context
+def cache_push(ctx, all_roots, **cache_opts) -> None:
+    """Upload what the local store holds for the lock(s); only what the cache lacks is sent.
+
+    \b
+    Example:
+      lxclayer cache push --cache oci://registry.example.com/team/lxclayer-cache
+    """
+    from .cache import push_lock
+
+    project, locks = _cache_locks(ctx, all_roots)
+    printer = Printer()
+    cache = _required_cache(project, printer, cache_opts)
+    store = _store(ctx)
+    bad = 0
+    try:
+        with store.session():
+            for name, lock in locks:
+                before = len(cache.stats.pushed)
+                missing = push_lock(cache, lock, store)
+                if cache.stats.unavailable:
+                    raise UserError(f"cache {cache.where} unavailable: {cache.stats.unavailable}")
+                pushed = len(cache.stats.pushed) - before
+                click.echo(f"{name}: {pushed} layer(s) pushed, {len(lock.layers) - len(missing) - pushed} "
+                           "already cached" + (f"; not in the store: {', '.join(missing)}" if missing else ""))
+                bad += bool(missing)
+    finally:
+        cache.close()
+    sys.exit(1 if bad else 0)
+
+
+@cache_group.command("ls")
+@click.option("--all", "all_roots", is_flag=True,
+              help="Every lock that builds into this store (its GC roots), not only this project's.")
+@cache_options
+@click.pass_context
+def cache_ls(ctx, all_roots, **cache_opts) -> None:
+    """Show which layers of each template the cache has."""
+    from .cache import status
+
+    project, locks = _cache_locks(ctx, all_roots)
+    cache = _required_cache(project, Printer(), cache_opts)
+    try:
+        for name, lock in locks:
+            st = status(cache, lock)
+            click.echo(f"{name}: {sum(s.cached for s in st)} of {len(st)} layers in {cache.where}")
+            for s in st:
+                click.echo(f"  {'cached ' if s.cached else 'missing'}  {s.name}  {s.input}")
+    finally:
+        cache.close()
 
 
 @cli.command("boot-test")

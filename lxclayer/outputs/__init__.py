@@ -16,6 +16,8 @@ from .base import ArchiveInfo, Exporter, ExportJob
 
 if TYPE_CHECKING:
     from ..check import Violation
+    from ..lock.model import Lockfile
+    from ..store import LayerEntry, Store
 
 # format -> module under lxclayer.outputs that defines EXPORTERS (a dict format -> Exporter)
 FORMATS: dict[str, str] = {
@@ -34,6 +36,24 @@ def exporter(fmt: str) -> Exporter:
     if module is None:
         raise UserError(f"unknown output format {fmt!r} (known: {', '.join(FORMATS)})")
     return importlib.import_module(f"{__name__}.{module}").EXPORTERS[fmt]
+
+
+def cache_key(stack_lock: Lockfile, fmt: str) -> str:
+    """A name for what format `fmt` keeps in the store for the stack a lock pins (the shared
+    cache stores it under this name)."""
+    from ..digest import digest
+    from ..lock.toml import stack_digest
+
+    return digest({"lock": stack_digest(stack_lock), "format": fmt, "compressor": exporter(fmt).compressor()})
+
+
+def kept(store: Store, fmt: str, stack_lock: Lockfile, layers: list[LayerEntry]) -> tuple[set[str], set[str]]:
+    """The chunks and artifacts format `fmt` keeps in `store` for this stack."""
+    from ..store import Keep
+
+    keep = Keep()
+    exporter(fmt).keep(store, stack_lock, layers, keep)
+    return keep.chunks, keep.artifacts
 
 
 def format_of(path: Path) -> str:
@@ -58,4 +78,5 @@ def check(path: Path) -> list[Violation]:
     return exporter(format_of(path)).check(path)
 
 
-__all__ = ["FORMATS", "ArchiveInfo", "ExportJob", "Exporter", "check", "exporter", "format_of", "names"]
+__all__ = ["FORMATS", "ArchiveInfo", "ExportJob", "Exporter", "cache_key", "check", "exporter", "format_of",
+           "kept", "names"]

@@ -22,11 +22,13 @@ import datetime
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from .. import __version__
+from ..fsio import atomic_write
 from ..lock.model import Artifact, Lockfile
 from ..lock.toml import stack_digest
 
@@ -281,3 +283,16 @@ def spdx_document(lock: Lockfile) -> bytes:
 
 
 __all__ = ["sbom_filename", "spdx_document"]
+
+
+def write_sbom(lock: Lockfile, out_dir: Path) -> Path:
+    """`<out_dir>/<template>.spdx.json` from the lock alone; rewritten only when it differs."""
+    path = out_dir / sbom_filename(lock)
+    data = spdx_document(lock)
+    try:
+        same = path.read_bytes() == data
+    except OSError:
+        same = False
+    if not same:
+        atomic_write(path, data)
+    return path

@@ -11,6 +11,7 @@ from . import oci
 from .auth import Credentials, load_credentials
 from .client import RegistryClient, RetryPolicy
 from .errors import (
+    BlobUnknown,
     DigestMismatch,
     NotFound,
     RegistryAuthError,
@@ -20,7 +21,7 @@ from .errors import (
 )
 from .reference import Reference, parse_reference
 
-__all__ = ["Credentials", "DigestMismatch", "NotFound", "Reference", "RegistryAuthError",
+__all__ = ["BlobUnknown", "Credentials", "DigestMismatch", "NotFound", "Reference", "RegistryAuthError",
            "RegistryClient", "RegistryError", "RegistryProtocolError", "RegistryUnavailable",
            "RetryPolicy", "client_for", "load_credentials", "oci", "parse_reference"]
 

@@ -28,6 +28,7 @@ from ..errors import UserError
 from . import oci
 from .auth import Credentials, load_credentials, parse_challenge
 from .errors import (
+    BlobUnknown,
     DigestMismatch,
     NotFound,
     RegistryAuthError,
@@ -251,8 +252,9 @@ class RegistryClient:
             if r.status == 404:
                 raise NotFound(f"{self.ref.registry}/{self.repository}: {what or url} not found"
                                f"{_error_code(r.body)}")
-            raise RegistryProtocolError(f"registry {self.ref.registry}: {method} {what or 'request'} "
-                                        f"answered HTTP {r.status}{_error_code(r.body)}")
+            code = _error_code(r.body)
+            cls = BlobUnknown if "BLOB_UNKNOWN" in code else RegistryProtocolError
+            raise cls(f"registry {self.ref.registry}: {method} {what or 'request'} answered HTTP {r.status}{code}")
 
     def _retrying(self, fn: Callable):
         p = self.retry

@@ -34,3 +34,8 @@ class DigestMismatch(RegistryError):
 
 class NotFound(RegistryError):
     """The blob, manifest or repository does not exist in the registry."""
+
+
+class BlobUnknown(RegistryProtocolError):
+    """A manifest was refused because the registry does not (yet) see a blob it names: another
+    client's concurrent push of the same blob may not be visible yet. Push the blobs again."""

@@ -138,6 +138,10 @@ class Store(abc.ABC):
     def put_chunk(self, name: str, payload: bytes) -> None: ...
 
     @abc.abstractmethod
+    def remove_chunk(self, name: str) -> None:
+        """Forget a chunk (one that came from elsewhere and proved wrong)."""
+
+    @abc.abstractmethod
     def composed(self, key: str) -> dict[str, Any] | None:
         """The record of an archive composed for `key` (sha256, size, where it was written)."""
 

@@ -535,6 +535,9 @@ class LocalStore(Store):
             part.unlink(missing_ok=True)
             raise
 
+    def remove_chunk(self, name: str) -> None:
+        self.chunk_path(name).unlink(missing_ok=True)
+
     # --- garbage collection ---------------------------------------------------------------------
 
     def sweep(self, keep: Keep, *, dry_run: bool = False) -> Swept:

@@ -1,0 +1,288 @@
+"""The shared layer cache: where it is, when it is asked, and what of it may be used.
+
+The cache is a second store in a registry (:mod:`lxclayer.store.registry`); this module is
+the policy around it, so that build code asks one question ("substitute this layer?") and a
+faulty cache never breaks a build:
+
+- **where:** `--cache REF`, else `$LXCLAYER_CACHE`, else `[cache] url` in the project's
+  `lxclayer.toml`; `off` (or none) means no cache. `--offline` never contacts it.
+- **mode:** `pull` (read only) or `push` (also upload what was built). Default: `push` when
+  `$CI` says this is a CI run, `pull` otherwise.
+- **trust:** a pulled entry is used only when its files hash to their names, its manifest to
+  the output digest the cache claims, and (under `--locked`) that output digest is the
+  lock's. Anything else is refused in one line naming the layer, and the layer is built
+  here. Without a lock, whoever can push to the cache is trusted, as with BuildKit.
+- **faults:** the client retries with back-off; a cache still unreachable (down, 5xx, refused
+  credentials) is reported once, in one line, and not asked again in this run.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from .digest import digest
+from .errors import DefinitionError
+from .lock.model import Lockfile
+from .registry import RegistryError, client_for
+from .registry.errors import (
+    DigestMismatch,
+    RegistryAuthError,
+    RegistryProtocolError,
+    RegistryUnavailable,
+)
+from .store import LayerEntry, Store
+from .store.registry import Pulled, RegistryCache
+
+MODES = ("pull", "push")
+SETTINGS_FILE = "lxclayer.toml"
+
+
+class _CacheTable(msgspec.Struct, forbid_unknown_fields=True):
+    url: str = ""
+    mode: str = ""
+
+
+class _ProjectSettings(msgspec.Struct, forbid_unknown_fields=True):
+    cache: _CacheTable = msgspec.field(default_factory=_CacheTable)
+
+
+@dataclass
+class CacheSettings:
+    url: str
+    mode: str = "pull"
+    auth_file: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+
+    @property
+    def push(self) -> bool:
+        return self.mode == "push"
+
+
+def project_settings(root: Path) -> _CacheTable:
+    """The `[cache]` table of `<project>/lxclayer.toml` (empty when the file is absent)."""
+    path = root / SETTINGS_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return _CacheTable()
+    try:
+        data = tomllib.loads(text)
+        table = msgspec.convert(data, _ProjectSettings).cache
+    except tomllib.TOMLDecodeError as e:
+        raise DefinitionError(f"not valid TOML ({e})", file=SETTINGS_FILE) from None
+    except msgspec.ValidationError as e:
+        raise DefinitionError(str(e), file=SETTINGS_FILE, key="cache") from None
+    if table.mode and table.mode not in MODES:
+        raise DefinitionError(f"must be one of {', '.join(MODES)}, not {table.mode!r}", file=SETTINGS_FILE,
+                              key="cache.mode")
+    return table
+
+
+def settings(root: Path, *, url: str | None = None, mode: str | None = None, auth_file: str | None = None,
+             ca_file: str | None = None, insecure: bool = False,
+             env: dict[str, str] | None = None) -> CacheSettings | None:
+    """The cache this run uses, from the command line, the environment and the project."""
+    env = dict(os.environ) if env is None else env
+    table = project_settings(root)
+    chosen = url or env.get("LXCLAYER_CACHE") or table.url
+    if not chosen or chosen == "off":
+        return None
+    ci = env.get("CI", "").lower() not in ("", "0", "false", "no")
+    chosen_mode = mode or env.get("LXCLAYER_CACHE_MODE") or table.mode or ("push" if ci else "pull")
+    if chosen_mode not in MODES:
+        raise DefinitionError(f"cache mode must be one of {', '.join(MODES)}, not {chosen_mode!r}")
+    from .registry import parse_reference
+
+    parse_reference(chosen, what="cache reference")  # bad input: refused now, with the reason
+    return CacheSettings(url=chosen, mode=chosen_mode, auth_file=auth_file, ca_file=ca_file, insecure=insecure)
+
+
+@dataclass
+class CacheStats:
+    pulled: list[str] = field(default_factory=list)  # layers substituted
+    pushed: list[str] = field(default_factory=list)  # layers uploaded
+    refused: list[str] = field(default_factory=list)  # layers whose cached entry was not used
+    outputs_pulled: int = 0
+    outputs_pushed: int = 0
+    unavailable: str = ""  # why the cache was given up, if it was
+
+
+class Cache:
+    """One run's view of the cache: lazy, fault-tolerant, and strict about what it lets in."""
+
+    def __init__(self, s: CacheSettings, warn: Callable[[str], None], *,
+                 backend: RegistryCache | None = None):
+        self.settings = s
+        self.warn = warn
+        self._backend = backend
+        self.stats = CacheStats()
+
+    @property
+    def where(self) -> str:
+        return self.settings.url
+
+    def _cache(self) -> RegistryCache | None:
+        if self.stats.unavailable:
+            return None
+        if self._backend is None:
+            try:
+                client = client_for(self.settings.url, auth_file=self.settings.auth_file,
+                                    ca_file=self.settings.ca_file, insecure=self.settings.insecure)
+            except RegistryError as e:
+                self._give_up(e)
+                return None
+            self._backend = RegistryCache(client)
+        return self._backend
+
+    def _give_up(self, e: RegistryError) -> None:
+        self.stats.unavailable = e.message()
+        self.warn(f"cache {self.where} unavailable ({e.message()}); building without it")
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+    # --- layers -----------------------------------------------------------------------------
+
+    def substitute(self, layer: str, input_digest: str, store: Store, *, builder: str,
+                   want_output: str | None) -> Pulled | None:
+        """The cached entry for `input_digest`, checked, its files already in `store`; None when
+        the cache has none, is unavailable, or its entry is refused (said in one line)."""
+        backend = self._cache()
+        if backend is None:
+            return None
+        try:
+            pulled = backend.fetch_layer(input_digest, store)
+        except (RegistryUnavailable, RegistryAuthError) as e:
+            self._give_up(e)
+            return None
+        except (DigestMismatch, RegistryProtocolError) as e:
+            self._refuse(layer, e.message())
+            return None
+        if pulled is None:
+            return None
+        output = digest(pulled.entries)
+        if output != pulled.claimed_output or output != pulled.meta.output:
+            self._refuse(layer, f"its manifest hashes to {output[:12]}, the entry claims "
+                                f"{pulled.claimed_output[:12]}")
+            return None
+        if pulled.meta.builder != builder:
+            self._refuse(layer, f"it was made by {pulled.meta.builder}, this build uses {builder}")
+            return None
+        if want_output is not None and output != want_output:
+            self._refuse(layer, f"its output {output[:12]} is not the lock's {want_output[:12]}")
+            return None
+        self.stats.pulled.append(layer)
+        return pulled
+
+    def _refuse(self, layer: str, why: str) -> None:
+        self.stats.refused.append(layer)
+        self.warn(f"cache: layer {layer} refused: {why}; building it here")
+
+    def upload(self, named: list[tuple[str, LayerEntry]], store: Store, *, force: bool = False) -> None:
+        """Push every entry the cache lacks (push mode only, unless `force`)."""
+        if not (self.settings.push or force):
+            return
+        backend = self._cache()
+        for name, entry in named:
+            if backend is None:
+                return
+            try:
+                if backend.push_layer(entry, store):
+                    self.stats.pushed.append(name)
+            except RegistryError as e:
+                self._give_up(e)
+                return
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def fetch_outputs(self, key: str, store: Store) -> list[str]:
+        backend = self._cache()
+        if backend is None:
+            return []
+        try:
+            names = backend.fetch_outputs(key, store)
+        except (RegistryUnavailable, RegistryAuthError) as e:
+            self._give_up(e)
+            return []
+        except (DigestMismatch, RegistryProtocolError) as e:
+            self.warn(f"cache: outputs refused: {e.message()}; composing here")
+            return []
+        self.stats.outputs_pulled += len(names)
+        return names
+
+    def upload_outputs(self, key: str, names: Callable[[], tuple[set[str], set[str]]], store: Store, *,
+                       force: bool = False) -> None:
+        """Push what an output format keeps for a stack (`names()`: its chunks and artifacts,
+        asked for only when the cache lacks them)."""
+        if not (self.settings.push or force):
+            return
+        backend = self._cache()
+        if backend is None:
+            return
+        try:
+            self.stats.outputs_pushed += backend.push_outputs(key, names, store)
+        except RegistryError as e:
+            self._give_up(e)
+
+
+# --- what `lxclayer cache` and `verify --cache` do ------------------------------------------------
+
+@dataclass
+class LayerStatus:
+    name: str
+    input: str
+    cached: bool
+    output: str | None = None  # the output digest the cache's entry claims, when asked
+
+
+def push_lock(cache: Cache, lock: Lockfile, store: Store) -> list[str]:
+    """Upload what `store` holds for `lock` (entries, then outputs once the stack is whole).
+    Returns the layers the store lacks (not pushed)."""
+    from . import outputs
+    from .errors import StoreCorruption
+
+    named: list[tuple[str, LayerEntry]] = []
+    missing: list[str] = []
+    for name, locked in lock.layers.items():
+        try:
+            entry = store.lookup(locked.input, layer=name)
+        except StoreCorruption:
+            entry = None
+        if entry is None:
+            missing.append(name)
+        else:
+            named.append((name, entry))
+    cache.upload(named, store, force=True)
+    if not missing:
+        entries = [e for _, e in named]
+        for fmt in lock.template.archives:
+            if fmt in outputs.FORMATS:
+                cache.upload_outputs(outputs.cache_key(lock, fmt),
+                                     lambda fmt=fmt: outputs.kept(store, fmt, lock, entries), store, force=True)
+    return missing
+
+
+def status(cache: Cache, lock: Lockfile, *, outputs_too: bool = False) -> list[LayerStatus]:
+    """Which of the lock's layers the cache has (one tag listing); with `outputs_too`, the
+    output digest each present entry claims. Raises RegistryError: the caller asked for it."""
+    backend = cache._cache()
+    if backend is None:
+        raise RegistryUnavailable(f"cache {cache.where} unavailable: {cache.stats.unavailable}")
+    from .store.registry import layer_tag
+
+    tags = backend.tags()
+    out = []
+    for name, locked in lock.layers.items():
+        st = LayerStatus(name=name, input=locked.input, cached=layer_tag(locked.input) in tags)
+        if st.cached and outputs_too:
+            st.output = backend.claimed_output(locked.input)
+        out.append(st)
+    return out

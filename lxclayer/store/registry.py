@@ -1,0 +1,312 @@
+"""A remote cache of store entries in an OCI registry (a substituter, in Nix's words).
+
+Layout in the repository (docs/cache.md), every document a plain OCI 1.1 image manifest:
+
+- tag ``layer-<input digest>``: one layer entry. ``config`` is the entry's metadata (input
+  record, output digest, builder, pins); ``layers[0]`` its manifest (msgpack, as the local store
+  keeps it); ``layers[1:]`` *packs*: the file contents the manifest names, as deterministic tars
+  (members named by their xxh3-128) compressed with zstd, cut at about 64 MiB, so a root file
+  system of 20 000 files is a handful of requests, not 20 000.
+- tag ``out-<key>``: what an output format keeps in the store for one stack (compressed archive
+  chunks, OCI layer blobs and their records), each layer annotated with its store name, so a
+  machine with an empty store composes without compressing.
+
+Everything is content addressed: blobs are sent only when the registry lacks them (HEAD
+first), the manifest last, so a tag never names a missing blob, and two machines pushing the
+same entry both succeed with one copy kept. Pulled bytes are checked twice: the client checks
+each blob's sha256 while it streams, and every file is put into the store through its own
+xxh3 check before anything refers to it. Whether a pulled entry may be *used* (its output
+digest against the lock) is the caller's decision: see :mod:`lxclayer.cache`.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import zstandard
+
+from ..manifest import Entry
+from ..registry import BlobUnknown, DigestMismatch, NotFound, RegistryClient, oci
+from .base import Store
+from .local import LayerEntry, LayerMeta
+
+LAYER_TYPE = "application/vnd.lxclayer.layer.v1"
+META_TYPE = "application/vnd.lxclayer.layer.meta.v1+json"
+MANIFEST_TYPE = "application/vnd.lxclayer.layer.manifest.v1+msgpack"
+PACK_TYPE = "application/vnd.lxclayer.blobs.v1.tar+zstd"
+OUTPUTS_TYPE = "application/vnd.lxclayer.outputs.v1"
+CHUNK_TYPE = "application/vnd.lxclayer.chunk.v1"
+ARTIFACT_TYPE = "application/vnd.lxclayer.artifact.v1"
+NAME = "dev.lxclayer.name"  # annotation: the store name of an output blob
+OUTPUT = "dev.lxclayer.output"  # annotation: a layer entry's output digest
+LAYER = "dev.lxclayer.layer"  # annotation: the layer's name (informational)
+PACK_SIZE = 64 << 20
+ZSTD_LEVEL = 3
+MAX_ENTRY_MANIFEST = 256 << 20
+
+_meta_dec = msgspec.json.Decoder(LayerMeta)
+_manifest_dec = msgspec.msgpack.Decoder(list[Entry])
+_manifest_enc = msgspec.msgpack.Encoder()
+
+
+def layer_tag(input_digest: str) -> str:
+    return f"layer-{input_digest}"
+
+
+def outputs_tag(key: str) -> str:
+    return f"out-{key}"
+
+
+@dataclass
+class Pulled:
+    """A layer entry fetched from the cache: its metadata and manifest (not yet trusted or
+    published: the caller checks the output digest), its file contents already in the store."""
+
+    meta: LayerMeta
+    entries: list[Entry]
+    claimed_output: str  # what the cache's annotation says
+    blobs: int  # files put into the store
+    bytes: int  # bytes downloaded
+
+
+class RegistryCache:
+    """Layer entries and output caches in one registry repository."""
+
+    def __init__(self, client: RegistryClient):
+        self.client = client
+        self.where = f"oci://{client.ref.registry}/{client.ref.repository}"  # never credentials
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- what is there ----------------------------------------------------------------------
+
+    def tags(self) -> set[str]:
+        return set(self.client.tags())
+
+    def claimed_output(self, input_digest: str) -> str | None:
+        """The output digest the cache's entry for `input_digest` says it has (not checked)."""
+        try:
+            _, _, data = self.client.get_manifest(layer_tag(input_digest), accept=(oci.MANIFEST,))
+        except NotFound:
+            return None
+        try:
+            m = msgspec.json.decode(data, type=oci.Manifest)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return ""
+        return (m.annotations or {}).get(OUTPUT, "")
+
+    # --- layer entries ----------------------------------------------------------------------
+
+    def fetch_layer(self, input_digest: str, store: Store) -> Pulled | None:
+        """Pull the entry for `input_digest` into `store`'s blob area; None when the cache has
+        none. Raises RegistryError (unavailable, refused bytes) and StoreCorruption (a pack
+        whose contents do not match their names)."""
+        try:
+            _, _, data = self.client.get_manifest(layer_tag(input_digest), accept=(oci.MANIFEST,))
+        except NotFound:
+            return None
+        try:
+            m = msgspec.json.decode(data, type=oci.Manifest)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)} is not an image manifest") from None
+        if (m.artifact_type != LAYER_TYPE or m.config.media_type != META_TYPE or not m.layers
+                or m.layers[0].media_type != MANIFEST_TYPE
+                or any(d.media_type != PACK_TYPE for d in m.layers[1:])):
+            raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)} is not an lxclayer layer entry")
+        try:
+            meta = _meta_dec.decode(self.client.fetch_blob(m.config.digest))
+        except msgspec.DecodeError:
+            raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: metadata does not decode") from None
+        if meta.input != input_digest:
+            raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)} holds the entry of {meta.input}")
+        if m.layers[0].size > MAX_ENTRY_MANIFEST:
+            raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: manifest too large")
+        try:
+            entries = _manifest_dec.decode(self.client.fetch_blob(m.layers[0].digest, limit=MAX_ENTRY_MANIFEST))
+        except msgspec.DecodeError:
+            raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: manifest does not decode") from None
+        wanted = {e.hash for e in entries if e.type == "file" and e.hash}
+        missing = {h for h in wanted if not store.has_blob(h)}
+        blobs = 0
+        size = 0
+        if missing:
+            packs = m.layers[1:]
+            with store.staging("pull") as tmp:
+                paths = self.client.pull_blobs(
+                    (d.digest, tmp / d.digest.removeprefix("sha256:"), d.size) for d in packs)
+                size = sum(d.size for d in packs)
+                with ThreadPoolExecutor(2) as pool:
+                    for n in pool.map(lambda p: _unpack(p, store, wanted), paths):
+                        blobs += n
+            still = [h for h in missing if not store.has_blob(h)]
+            if still:
+                raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)} lacks {len(still)} file(s) "
+                                     "its manifest names")
+        claimed = (m.annotations or {}).get(OUTPUT, meta.output)
+        return Pulled(meta=meta, entries=entries, claimed_output=claimed, blobs=blobs, bytes=size)
+
+    def push_layer(self, entry: LayerEntry, store: Store) -> bool:
+        """Upload one entry (only what the registry lacks). False when it was there already."""
+        tag = layer_tag(entry.input)
+        if self.client.manifest_digest(tag) is not None:
+            return False
+        meta = msgspec.json.encode(msgspec.structs.replace(entry.meta, seal=""))
+        raw = _manifest_enc.encode(entry.entries)
+        packs = list(_packs(entry.entries, store))
+        with ThreadPoolExecutor(2) as pool:
+            compressed = list(pool.map(lambda p: _pack_bytes(p, store), packs))
+        manifest = msgspec.json.encode(oci.Manifest(
+            artifact_type=LAYER_TYPE,
+            config=_desc(META_TYPE, meta),
+            layers=[_desc(MANIFEST_TYPE, raw), *(_desc(PACK_TYPE, c) for c in compressed)],
+            annotations={OUTPUT: entry.output, LAYER: entry.meta.layer},
+        ))
+        self._publish(tag, manifest, [meta, raw, *compressed])
+        return True
+
+    def _publish(self, tag: str, manifest: bytes, blobs: list[bytes | Path]) -> None:
+        """Blobs (those missing), then the manifest. Another machine pushing the same blobs at
+        the same moment can make the registry refuse the manifest for a blob it does not see
+        yet (its HEAD said present, its link was not written): push again, a few times."""
+        for attempt in range(4):
+            self.client.push_blobs(blobs)
+            try:
+                self.client.put_manifest(tag, manifest, oci.MANIFEST)
+                return
+            except BlobUnknown:
+                if attempt == 3:
+                    raise
+                time.sleep(0.25 * 2 ** attempt)
+
+    # --- output caches (compose chunks, OCI layer blobs) ------------------------------------
+
+    def fetch_outputs(self, key: str, store: Store) -> list[str]:
+        """Put what the cache holds under `out-<key>` into the store; the names put."""
+        try:
+            _, _, data = self.client.get_manifest(outputs_tag(key), accept=(oci.MANIFEST,))
+        except NotFound:
+            return []
+        try:
+            m = msgspec.json.decode(data, type=oci.Manifest)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise DigestMismatch(f"{self.where}: {outputs_tag(key)} is not an image manifest") from None
+        if m.artifact_type != OUTPUTS_TYPE:
+            raise DigestMismatch(f"{self.where}: {outputs_tag(key)} is not an lxclayer output cache")
+        names: list[str] = []
+        with store.staging("pull") as tmp:
+            wanted = [d for d in m.layers if not _have(store, d)]
+            paths = self.client.pull_blobs((d.digest, tmp / d.digest.removeprefix("sha256:"), d.size)
+                                           for d in wanted)
+            for d, path in zip(wanted, paths, strict=True):
+                name = (d.annotations or {}).get(NAME, "")
+                if d.media_type == CHUNK_TYPE and name:
+                    store.put_chunk(name, path.read_bytes())
+                elif d.media_type == ARTIFACT_TYPE:
+                    store.put_artifact_file(path, d.digest.removeprefix("sha256:"), name=f"cached output {name}")
+                else:
+                    continue
+                names.append(name)
+        return names
+
+    def push_outputs(self, key: str, names: Callable[[], tuple[Iterable[str], Iterable[str]]], store: Store) -> int:
+        """Upload the chunks and artifacts `names()` gives as `out-<key>`, unless the cache has
+        it; the number of blobs it lists (0 when it was there, or the store lacks some)."""
+        tag = outputs_tag(key)
+        if self.client.manifest_digest(tag) is not None:
+            return 0
+        chunks, artifacts = names()
+        descs: list[oci.Descriptor] = []
+        sources: list[bytes | Path] = []
+        for name in sorted(chunks):
+            payload = store.get_chunk(name)
+            if payload is None:
+                return 0  # incomplete: nothing to gain from a partial record
+            sources.append(payload)
+            descs.append(_desc(CHUNK_TYPE, payload, {NAME: name}))
+        for sha in sorted(artifacts):
+            path = store.artifact(sha, name=f"output blob {sha[:12]}")
+            if path is None:
+                return 0
+            sources.append(path)
+            descs.append(oci.Descriptor(media_type=ARTIFACT_TYPE, digest="sha256:" + sha,
+                                        size=path.stat().st_size, annotations={NAME: sha}))
+        manifest = msgspec.json.encode(oci.Manifest(
+            artifact_type=OUTPUTS_TYPE, config=oci.Descriptor(media_type=oci.EMPTY, digest=oci.EMPTY_DIGEST, size=2),
+            layers=descs))
+        self._publish(tag, manifest, [b"{}", *sources])
+        return len(descs)
+
+
+def _have(store: Store, d: oci.Descriptor) -> bool:
+    name = (d.annotations or {}).get(NAME, "")
+    if d.media_type == CHUNK_TYPE:
+        return store.get_chunk(name) is not None
+    if d.media_type == ARTIFACT_TYPE:
+        return store.artifact(d.digest.removeprefix("sha256:"), name=name) is not None
+    return True
+
+
+def _desc(media_type: str, data: bytes, annotations: dict[str, str] | None = None) -> oci.Descriptor:
+    import hashlib
+
+    return oci.Descriptor(media_type=media_type, digest="sha256:" + hashlib.sha256(data).hexdigest(),
+                          size=len(data), annotations=annotations)
+
+
+def _packs(entries: list[Entry], store: Store) -> Iterator[list[tuple[str, int]]]:
+    """The entry's distinct file contents in manifest order, cut into packs of ~PACK_SIZE."""
+    seen: set[str] = set()
+    pack: list[tuple[str, int]] = []
+    size = 0
+    for e in entries:
+        if e.type != "file" or not e.hash or e.hash in seen:
+            continue
+        seen.add(e.hash)
+        pack.append((e.hash, e.size))
+        size += e.size
+        if size >= PACK_SIZE:
+            yield pack
+            pack, size = [], 0
+    if pack:
+        yield pack
+
+
+def _pack_bytes(pack: list[tuple[str, int]], store: Store) -> bytes:
+    """A deterministic tar of the pack's contents (names = xxh3, fixed headers), zstd."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for h, _size in pack:
+            data = store.read_blob(h)
+            info = tarfile.TarInfo(h)
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            info.uname = info.gname = ""
+            tf.addfile(info, io.BytesIO(data))
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buf.getvalue())
+
+
+def _unpack(path: Path, store: Store, wanted: set[str]) -> int:
+    """Put a pack's files into the store, each through the store's own hash check."""
+    n = 0
+    try:
+        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as z, \
+                tarfile.open(fileobj=z, mode="r|") as tf:
+            for m in tf:
+                if not m.isfile() or m.name not in wanted:
+                    continue
+                fo = tf.extractfile(m)
+                assert fo is not None
+                h = store.put_blob(fo.read())
+                if h != m.name:
+                    raise DigestMismatch(f"a cached file named {m.name} holds {h}; refused")
+                n += 1
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
+        raise DigestMismatch(f"a pack from the cache does not read ({e}); refused") from None
+    return n
