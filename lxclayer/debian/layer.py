@@ -173,13 +173,7 @@ def build_in_chroot(
                           pycs_under=mount.upper)
             new = layer_tree(upper_changes(mount.upper, base, ctx.store, mtime_clamp=ctx.source_date_epoch))
             entries = sorted_entries(diff(base, new))
-            if ctx.input:  # the upper directory becomes the new layer's snapshot: no copy
-                t = time.monotonic()
-                try:
-                    snapshots.adopt(ctx.store, ctx.input, digest(entries), mount.upper, mtime=ctx.source_date_epoch)
-                    ctx.log(f"kept its upper directory as its snapshot ({time.monotonic() - t:.1f} s)")
-                except OSError as e:  # made from the store entry when needed
-                    ctx.log(f"could not keep its upper directory as its snapshot: {e.strerror or e}")
+            keep_as_snapshot(ctx, entries, mount.upper)
             return entries
         except OverlayUnavailable as e:
             ctx.snapshots.off(f"overlayfs cannot be mounted here: {e}")
@@ -200,6 +194,19 @@ def build_in_chroot(
     normalise(root, source_date_epoch=ctx.source_date_epoch, log=ctx.log)
     new = layer_tree(scan_dir(root, ctx.store, mtime_clamp=ctx.source_date_epoch))
     return sorted_entries(diff(base, new))
+
+
+def keep_as_snapshot(ctx: Context, entries: list[Entry], tree: Path) -> None:
+    """Move `tree` (an upper directory, or a whole root file system for a base layer) into
+    place as the new layer's snapshot, so that no layer above has to make it from the store."""
+    if not ctx.input or not ctx.snapshots.enabled:
+        return
+    t = time.monotonic()
+    try:
+        snapshots.adopt(ctx.store, ctx.input, digest(entries), tree, mtime=ctx.source_date_epoch)
+        ctx.log(f"kept as its snapshot ({time.monotonic() - t:.1f} s)")
+    except OSError as e:  # made from the store entry when needed
+        ctx.log(f"not kept as its snapshot: {e.strerror or e}")
 
 
 def snapshot_lowers(ctx: Context) -> list[Path]:
