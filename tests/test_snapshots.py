@@ -331,3 +331,58 @@ def test_an_adopted_upper_dir_shows_the_same_tree_as_a_snapshot_made_from_the_en
     via_made = _merged_scan(store, [made, lower], tmp_path / "m")
     assert via_adopted == via_made
     assert "run.sock" not in os.listdir(adopted) and not os.path.lexists(adopted / "dev/null2")
+
+
+@pytest.mark.parametrize("flag,env,enabled,reason", [
+    (None, None, True, ""), (None, "off", False, "LXCLAYER_SNAPSHOTS=off"), (None, "on", True, ""),
+    (False, None, False, "--snapshots=off"), (True, "off", True, ""),
+])
+def test_snapshots_are_on_unless_the_flag_or_the_environment_says_off(monkeypatch, flag, env, enabled, reason):
+    if env is None:
+        monkeypatch.delenv(snapshots.ENV, raising=False)
+    else:
+        monkeypatch.setenv(snapshots.ENV, env)
+    said: list[str] = []
+    p = snapshots.Policy.choose(flag, said.append)
+    assert (p.enabled, p.reason) == (enabled, reason)
+    p.tell()
+    p.tell()
+    assert said == ([] if enabled else [f"snapshots off ({reason}): program layers are built on a full copy of"
+                                        " the layers below"])
+
+
+def test_an_overlay_that_cannot_be_mounted_is_overlay_unavailable_with_the_reason(tmp_path):
+    from lxclayer.overlay import OverlayUnavailable, StackMount
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    m = StackMount(tmp_path, [tmp_path / "no-such-lower"], tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
+    with pytest.raises(OverlayUnavailable) as e:
+        m.__enter__()
+    assert "mount" in str(e.value) or "No such file" in str(e.value)
+    said: list[str] = []
+    p = snapshots.Policy(say=said.append)
+    p.off(f"overlayfs cannot be mounted here: {e.value}")
+    p.tell()
+    assert len(said) == 1 and said[0].startswith("snapshots off (overlayfs cannot be mounted here: ")
+
+
+def test_a_mounted_stack_is_seen_by_this_process_and_gone_afterwards(store, tmp_path):
+    from lxclayer.debian.chroot import mounts_under
+    from lxclayer.overlay import StackMount
+
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("unshare/nsenter (util-linux) are not installed")
+    bottom, _ = stack(store)
+    lower = snap(store, "b", bottom, lambda p: None)
+    m = StackMount(snapshots.snapshots_dir(store), [lower], tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
+    with m:
+        assert (m.view / "etc/a").read_bytes() == b"a\n"
+        (m.view / "etc/new").write_bytes(b"n")  # into the upper directory, not the snapshot
+        assert mounts_under(tmp_path) == []  # nothing in this process's namespace
+        r = subprocess.run([*m.enter, "cat", str(m.mountpoint / "etc/new")], capture_output=True)
+        assert r.stdout == b"n", r.stderr
+        pid = m.pid
+    assert (tmp_path / "upper/etc/new").read_bytes() == b"n"
+    assert not os.path.exists(f"/proc/{pid}")
+    assert snapshots.check(store, "b", "out-b") is None
