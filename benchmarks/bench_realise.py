@@ -4,15 +4,15 @@
     LXCLAYER_STORE=/path/to/warm/store python benchmarks/bench_realise.py [--repeat 3] [--skip-cold]
 
 Needs root, mmdebstrap, network (apt-get update when `jq` is resolved), and a warm store
-holding every layer of the lock and every artifact (.deb, wheel) it pins. Works in scratch
-stores (hard-linked copies of the warm one, or of its artifacts only) under the warm store's
-parent folder, and a scratch copy of the project; the warm store is not changed. Measures, as
+holding every layer of the lock and every artifact (.deb, wheel) it pins. The jq rounds run in
+the warm store itself and remove what they added afterwards (a copy's snapshots would not be
+trusted); the cold build runs in a scratch store holding hard links to the warm store's
+artifacts only; the project is copied. Measures, as
 whole `lxclayer` commands in fresh processes, in this order:
 
 1. no-op `build --locked` in the warm store (median of --repeat);
 2. one package added: `jq` added to the `redis` layer of a copy of the project, then
-   `lxclayer build` (resolves redis, rebuilds the 7 program layers above and composes); each
-   round in a fresh copy of the warm store;
+   `lxclayer build` (resolves redis, rebuilds the 7 program layers above and composes);
 3. cold `build --locked` into a store holding only the artifacts (downloads cached), against
    an mmdebstrap run that installs the union of the lock's packages from a local repository of
    the same .debs into a tarball, then `gzip -6` of it (the baseline, in the same run);
@@ -55,12 +55,22 @@ def lxclayer(project: Path, store: Path, *args: str) -> tuple[float, dict | None
     return dt, (json.loads(r.stdout) if "--json" in args else None), r.stderr
 
 
-def copy_store(warm: Path, dest: Path, *, artifacts_only: bool = False) -> None:
-    if artifacts_only:
-        dest.mkdir()
-        subprocess.run(["cp", "-al", str(warm / "artifacts"), str(dest / "artifacts")], check=True)
-    else:
-        subprocess.run(["cp", "-al", str(warm), str(dest)], check=True)
+def artifacts_only(warm: Path, dest: Path) -> None:
+    """A new store holding hard links to the warm store's artifacts (downloads) and nothing else."""
+    dest.mkdir()
+    subprocess.run(["cp", "-al", str(warm / "artifacts"), str(dest / "artifacts")], check=True)
+
+
+def forget_added(warm: Path, lock, new_lock: Path) -> None:
+    """Remove the entries (and snapshots) a round added to the warm store."""
+    from lxclayer import snapshots
+
+    keep = {la.input for la in lock.layers.values()}
+    with Store(warm).session() as st:
+        for la in locktoml.read(new_lock).layers.values():
+            if la.input not in keep:
+                st.remove_entry(la.input)
+                snapshots.remove(st, la.input)
 
 
 def overheads(report: dict) -> list[tuple[str, str, float, float]]:
@@ -132,14 +142,14 @@ def main() -> int:
         text = toml.read_text()
         assert 'packages = ["redis-server", "redis-tools"]' in text
         toml.write_text(text.replace('"redis-tools"]', '"redis-tools", "jq"]'))
+        # In the warm store itself (a copy's snapshots are not trusted: its folders have new
+        # inodes and ctimes), taking out afterwards what the round added.
         jq, last = [], None
-        for i in range(a.repeat):
-            store = scratch / f"store-jq-{i}"
-            copy_store(warm, store)
+        for _ in range(a.repeat):
             shutil.copy(lock_path, proj / "locks/debian-12-stock-analysis.lock")
-            dt, last, _ = lxclayer(proj, store, "build", "--json", "--out", str(scratch / "dist-jq"))
+            dt, last, _ = lxclayer(proj, warm, "build", "--json", "--out", str(scratch / "dist-jq"))
             jq.append(dt)
-            shutil.rmtree(store)
+            forget_added(warm, lock, proj / "locks/debian-12-stock-analysis.lock")
         print(f"jq added to redis, `lxclayer build`: {statistics.median(jq):.1f} s median"
               f" ({min(jq):.1f}-{max(jq):.1f}; {len(jq)} rounds)")
         assert last is not None
@@ -148,7 +158,7 @@ def main() -> int:
         # 3. cold build against mmdebstrap + gzip -6
         if not a.skip_cold:
             store = scratch / "store-cold"
-            copy_store(warm, store, artifacts_only=True)
+            artifacts_only(warm, store)
             # tar.gz only: the baseline makes one tarball (the oci image's compose is extra work).
             dt, cold, _ = lxclayer(a.project, store, "build", "--locked", "--json", "--format", "tar.gz",
                                    "--out", str(scratch / "dist-cold"))
