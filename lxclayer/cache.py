@@ -19,13 +19,11 @@ faulty cache never breaks a build:
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgspec
-
+from . import settings as project_settings
 from .digest import digest
 from .errors import DefinitionError
 from .lock.model import Lockfile
@@ -38,18 +36,6 @@ from .registry.errors import (
 )
 from .store import LayerEntry, Store
 from .store.registry import Pulled, RegistryCache
-
-MODES = ("pull", "push")
-SETTINGS_FILE = "lxclayer.toml"
-
-
-class _CacheTable(msgspec.Struct, forbid_unknown_fields=True):
-    url: str = ""
-    mode: str = ""
-
-
-class _ProjectSettings(msgspec.Struct, forbid_unknown_fields=True):
-    cache: _CacheTable = msgspec.field(default_factory=_CacheTable)
 
 
 @dataclass
@@ -65,39 +51,20 @@ class CacheSettings:
         return self.mode == "push"
 
 
-def project_settings(root: Path) -> _CacheTable:
-    """The `[cache]` table of `<project>/lxclayer.toml` (empty when the file is absent)."""
-    path = root / SETTINGS_FILE
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return _CacheTable()
-    try:
-        data = tomllib.loads(text)
-        table = msgspec.convert(data, _ProjectSettings).cache
-    except tomllib.TOMLDecodeError as e:
-        raise DefinitionError(f"not valid TOML ({e})", file=SETTINGS_FILE) from None
-    except msgspec.ValidationError as e:
-        raise DefinitionError(str(e), file=SETTINGS_FILE, key="cache") from None
-    if table.mode and table.mode not in MODES:
-        raise DefinitionError(f"must be one of {', '.join(MODES)}, not {table.mode!r}", file=SETTINGS_FILE,
-                              key="cache.mode")
-    return table
-
-
 def settings(root: Path, *, url: str | None = None, mode: str | None = None, auth_file: str | None = None,
              ca_file: str | None = None, insecure: bool = False,
              env: dict[str, str] | None = None) -> CacheSettings | None:
     """The cache this run uses, from the command line, the environment and the project."""
     env = dict(os.environ) if env is None else env
-    table = project_settings(root)
+    table = project_settings.load(root).cache
     chosen = url or env.get("LXCLAYER_CACHE") or table.url
     if not chosen or chosen == "off":
         return None
     ci = env.get("CI", "").lower() not in ("", "0", "false", "no")
     chosen_mode = mode or env.get("LXCLAYER_CACHE_MODE") or table.mode or ("push" if ci else "pull")
-    if chosen_mode not in MODES:
-        raise DefinitionError(f"cache mode must be one of {', '.join(MODES)}, not {chosen_mode!r}")
+    if chosen_mode not in project_settings.CACHE_MODES:
+        raise DefinitionError(f"cache mode must be one of {', '.join(project_settings.CACHE_MODES)}, "
+                              f"not {chosen_mode!r}")
     from .registry import parse_reference
 
     parse_reference(chosen, what="cache reference")  # bad input: refused now, with the reason

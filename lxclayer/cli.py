@@ -32,7 +32,41 @@ def _project(ctx: click.Context):
     from .definitions import load_project
 
     o = ctx.obj
-    return load_project(root=o["project"], template_file=o["template"])
+    chosen = o.get("template_name") or o["template"]
+    if chosen is not None and (chosen.endswith(".toml") or "/" in chosen):
+        return load_project(root=o["project"], template_file=Path(chosen))
+    return load_project(root=o["project"], template=chosen)
+
+
+def per_template(f):
+    """`--template NAME` and `--all` for a command: run it for one template (default: the
+    project's default) or for each in turn; the exit code is the worst of them."""
+    import functools
+
+    @click.option("--template", "template_name", metavar="NAME", default=None,
+                  help="The template to use (default: the project's default-template).")
+    @click.option("--all", "all_templates", is_flag=True, help="Every template of the project, in turn.")
+    @click.pass_context
+    @functools.wraps(f)
+    def run(ctx, template_name, all_templates, **kw):
+        if template_name and all_templates:
+            raise click.UsageError("--template and --all exclude each other")
+        if template_name:
+            ctx.obj["template_name"] = template_name
+        if not all_templates:
+            return ctx.invoke(f, **kw)
+        worst = 0
+        for name in _project(ctx).templates:
+            ctx.obj["template_name"] = name
+            click.echo(f"== {name}", err=True)
+            try:
+                ctx.invoke(f, **kw)
+            except SystemExit as e:
+                worst = max(worst, e.code if isinstance(e.code, int) else 1)
+        if worst:
+            sys.exit(worst)
+
+    return run
 
 
 def _store(ctx: click.Context):
@@ -68,7 +102,9 @@ def _cache(project, printer, cache_url, cache_mode, cache_auth, cache_ca, cache_
     only then: a no-op build stays fast)."""
     import os
 
-    if not (cache_url or os.environ.get("LXCLAYER_CACHE") or (project.root / "lxclayer.toml").exists()):
+    from .settings import load as load_settings
+
+    if not (cache_url or os.environ.get("LXCLAYER_CACHE") or load_settings(project.root).cache.url):
         return None
     from .cache import Cache, settings
 
@@ -186,8 +222,9 @@ class Printer:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Project folder (holding layers/ and locks/). Default: found from the current folder.")
-@click.option("--template", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Template definition file. Default: layers/template.toml.")
+@click.option("--template", default=None, metavar="NAME|FILE",
+              help="Template, by name or definition file. Default: the project's default-template "
+                   "(lxclayer.toml), or its only template.")
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), envvar="LXCLAYER_STORE",
               default=None, help="Store folder. Default: $LXCLAYER_STORE or ~/.cache/lxclayer/store.")
 @click.version_option(package_name="lxclayer")
@@ -259,6 +296,7 @@ def _print_result(res) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 @cache_options
 @SNAPSHOTS_OPTION
+@per_template
 @click.pass_context
 def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps, **cache_opts) -> None:
     """Build the template: every layer the store lacks, then the archive and the lock.
@@ -289,6 +327,7 @@ def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps, **ca
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@per_template
 @click.pass_context
 def plan(ctx, as_json) -> None:
     """Say per layer whether it is cached or must be built, and why. Builds nothing.
@@ -320,6 +359,7 @@ def plan(ctx, as_json) -> None:
 @click.option("--offline", is_flag=True, help="Use only artifacts already in the store.")
 @cache_options
 @SNAPSHOTS_OPTION
+@per_template
 @click.pass_context
 def lock(ctx, upgrade, offline, snaps, **cache_opts) -> None:
     """Resolve pins, build, and write locks/<template>.lock.
@@ -455,6 +495,7 @@ def gc(ctx, dry_run) -> None:
                    "downloaded artifacts) and compare it with the stored one, path by path.")
 @click.argument("layers", nargs=-1)
 @cache_options
+@per_template
 @click.pass_context
 def verify(ctx, rebuild, layers, **cache_opts) -> None:
     """Check the store's entries and blobs for the locked template; with --rebuild, prove
@@ -531,6 +572,7 @@ def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -
 @click.option("--insecure", is_flag=True,
               help="Allow plain HTTP to a registry that is not on loopback.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@per_template
 @click.pass_context
 def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
     """Push the template's OCI image, with its SBOM attached, to a registry.
@@ -565,18 +607,23 @@ def cache_group() -> None:
 
 
 def _cache_locks(ctx, all_roots: bool):
-    """(name, lockfile) pairs: this project's lock, or with --all every live GC root's."""
+    """(name, lockfile) pairs: every lock in the project's locks/, or with --all every live GC
+    root's (every project that builds into this store)."""
     from .lock import toml as locktoml
 
     project = _project(ctx)
+    found = []
     if not all_roots:
-        lock = locktoml.read(project.lock_file)
-        if lock is None:
-            raise UserError(f"{project.lock_file}: no lock; run `lxclayer build` first")
-        return project, [(project.template.name, lock)]
+        folder = project.root / "locks"
+        for f in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
+            lock = locktoml.read(f)
+            if lock is not None:
+                found.append((lock.template.name, lock))
+        if not found:
+            raise UserError(f"{folder}: no lock; run `lxclayer build` first")
+        return project, found
     from . import roots
 
-    found = []
     for root in roots.roots(_store(ctx).root):
         if root.live():
             lock = locktoml.read(root.lock_file)
@@ -594,11 +641,12 @@ def _required_cache(project, printer, cache_opts):
 
 @cache_group.command("push")
 @click.option("--all", "all_roots", is_flag=True,
-              help="Every lock that builds into this store (its GC roots), not only this project's.")
+              help="Every lock that builds into this store (its GC roots), not only this project's locks.")
 @cache_options
 @click.pass_context
 def cache_push(ctx, all_roots, **cache_opts) -> None:
-    """Upload what the local store holds for the lock(s); only what the cache lacks is sent.
+    """Upload what the local store holds for the project's locks (every template); only what
+    the cache lacks is sent.
 
     \b
     Example:
@@ -633,7 +681,7 @@ def cache_push(ctx, all_roots, **cache_opts) -> None:
 @cache_options
 @click.pass_context
 def cache_ls(ctx, all_roots, **cache_opts) -> None:
-    """Show which layers of each template the cache has."""
+    """Show which layers of each template (each lock in locks/) the cache has."""
     from .cache import status
 
     project, locks = _cache_locks(ctx, all_roots)
@@ -655,6 +703,7 @@ def cache_ls(ctx, all_roots, **cache_opts) -> None:
 @click.option("--no-reboot", is_flag=True, help="Do not reboot the container and check again.")
 @click.option("--no-network", is_flag=True, help="Loopback only: no veth, bridge or DHCP.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@per_template
 @click.pass_context
 def boot_test(ctx, archive, timeout, no_reboot, no_network, as_json) -> None:
     """Boot a template the way `pct create` and Proxmox would, and run the template's checks.

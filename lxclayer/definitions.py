@@ -28,7 +28,10 @@ from .kinds.base import LAYER_FILE, MODE_RE, Layer, LayerSpec, container_path, p
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+_-]*$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~]*$")
 
-TEMPLATE_FILE = "template.toml"
+TEMPLATE_FILE = "template.toml"  # a project with one template: layers/template.toml
+TEMPLATES_DIR = "templates"      # a project with several: templates/*.toml, layers shared in layers/
+VAR_RE = re.compile(r"\{\{\s*([A-Za-z0-9_-]*)\s*\}\}")
+VAR_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 class Template(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
@@ -40,6 +43,10 @@ class Template(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     layers: list[str]
     checks: list[Check] = []
     faults: list[Fault] = []
+    # Values the shared layers take from the template: `{{name}}` in any string of a
+    # layer.toml (a package name, a suite, a path) is replaced by vars[name]; part of the
+    # layer's settings, hence of its input digest.
+    vars: dict[str, str] = {}
 
     @property
     def basename(self) -> str:
@@ -52,10 +59,8 @@ class Project:
     template_file: Path
     template: Template
     layers: tuple[Layer, ...]  # in stack order, bottom first
-
-    @property
-    def layers_dir(self) -> Path:
-        return self.template_file.parent
+    layers_dir: Path
+    templates: tuple[str, ...] = ()  # every template of the project, by name (this one included)
 
     @property
     def lock_file(self) -> Path:
@@ -177,15 +182,60 @@ def _converts(value: Any, typ: Any) -> bool:
 
 
 def find_project(start: Path | None = None) -> Path:
-    """The project root: the nearest folder at or above `start` holding layers/template.toml."""
+    """The project root: the nearest folder at or above `start` holding templates/*.toml or
+    layers/template.toml."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / "layers" / TEMPLATE_FILE).is_file():
+        if (folder / "layers" / TEMPLATE_FILE).is_file() or any((folder / TEMPLATES_DIR).glob("*.toml")):
             return folder
     raise DefinitionError(
-        "no layers/template.toml here or in any parent folder (use --project DIR)",
+        "no templates/*.toml or layers/template.toml here or in any parent folder (use --project DIR)",
         file=str(here),
     )
+
+
+def template_files(root: Path) -> dict[str, Path]:
+    """Every template of the project by name: templates/*.toml, or the one layers/template.toml.
+    Two with the same name are refused, naming both files."""
+    folder = root / TEMPLATES_DIR
+    files = sorted(folder.glob("*.toml")) if folder.is_dir() else []
+    if not files:
+        files = [root / "layers" / TEMPLATE_FILE]
+    found: dict[str, Path] = {}
+    for f in files:
+        shown = rel(f, root)
+        data = read_toml(f, root)
+        name = data.get("name")
+        if not isinstance(name, str):
+            raise DefinitionError("required key is missing (a string)", file=shown, key="name")
+        if name in found:
+            raise DefinitionError(f"template {name!r} is also defined in {rel(found[name], root)}",
+                                  file=shown, key="name")
+        found[name] = f
+    return found
+
+
+def select_template(root: Path, wanted: str | None) -> tuple[Path, tuple[str, ...]]:
+    """The file of the template `wanted` (a name), or of the project's default; and every
+    template's name."""
+    from . import settings
+
+    files = template_files(root)
+    names = tuple(files)
+    if wanted is None:
+        wanted = settings.load(root).project.default_template or None
+        if wanted is None:
+            if len(files) > 1:
+                raise DefinitionError(
+                    f"the project has several templates ({', '.join(names)}): name the default in "
+                    "[project] default-template, or pass --template NAME", file=settings.SETTINGS_FILE)
+            wanted = names[0]
+        elif wanted not in files:
+            raise DefinitionError(f"no template named {wanted!r} (the project has: {', '.join(names)})",
+                                  file=settings.SETTINGS_FILE, key="project.default-template")
+    if wanted not in files:
+        raise DefinitionError(f"no template named {wanted!r} (the project has: {', '.join(names)})")
+    return files[wanted], names
 
 
 def load_template(file: Path, root: Path) -> Template:
@@ -223,7 +273,34 @@ def load_template(file: Path, root: Path) -> Template:
     return tpl
 
 
-def load_layer(name: str, layers_dir: Path, root: Path, *, listed_in: str, key: str) -> Layer:
+def substitute(data: Any, values: dict[str, str], *, file: str, template: str, path: str = "") -> Any:
+    """`data` (decoded TOML) with every `{{name}}` in its strings and keys replaced by the
+    template's vars; a name the template does not set is refused, naming the key."""
+    def one(text: str, where: str) -> str:
+        def repl(m: re.Match[str]) -> str:
+            var = m.group(1)
+            if var not in values:
+                raise DefinitionError(
+                    f"uses {{{{{var}}}}}, which template {template!r} does not set in [vars]",
+                    file=file, key=where or None)
+            return values[var]
+        return VAR_RE.sub(repl, text) if "{{" in text else text
+
+    if isinstance(data, str):
+        return one(data, path)
+    if isinstance(data, list):
+        return [substitute(v, values, file=file, template=template, path=f"{path}[{i}]") for i, v in enumerate(data)]
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            where = f"{path}.{k}" if path else k
+            out[one(k, where)] = substitute(v, values, file=file, template=template, path=where)
+        return out
+    return data
+
+
+def load_layer(name: str, layers_dir: Path, root: Path, *, listed_in: str, key: str,
+               template: Template | None = None) -> Layer:
 
     folder = layers_dir / name
     if not NAME_RE.match(name):
@@ -235,6 +312,8 @@ def load_layer(name: str, layers_dir: Path, root: Path, *, listed_in: str, key: 
         )
     shown = rel(file, root)
     data = read_toml(file, root)
+    data = substitute(data, template.vars if template else {}, file=shown,
+                      template=template.name if template else "")
     kind = data.get("kind")
     kinds = kindmods.names()
     if kind is None:
@@ -307,18 +386,27 @@ def _find_cycle(names: list[str], layers: dict[str, Layer]) -> list[str]:
         path.append(nxt)
 
 
-def load_project(root: Path | None = None, template_file: Path | None = None) -> Project:
-    """Load and validate a whole project: the template and every layer it lists."""
+def load_project(root: Path | None = None, template_file: Path | None = None, *,
+                 template: str | None = None) -> Project:
+    """Load and validate a whole project: one template (`template` by name, `template_file`
+    by path, else the project's default) and every layer it lists."""
+    names: tuple[str, ...] = ()
     if template_file is not None:
         template_file = template_file.resolve()
         root = (root or template_file.parent.parent).resolve()
     else:
         root = (root.resolve() if root else find_project())
-        template_file = root / "layers" / TEMPLATE_FILE
+        template_file, names = select_template(root, template)
     tpl = load_template(template_file, root)
+    for var in tpl.vars:
+        if not VAR_NAME_RE.match(var):
+            raise DefinitionError(f"{var!r} is not a valid var name (lower-case letters, digits, '_')",
+                                  file=rel(template_file, root), key=f"vars.{var}")
     shown = rel(template_file, root)
+    layers_dir = root / "layers"
     layers: dict[str, Layer] = {}
     for i, name in enumerate(tpl.layers):
-        layers[name] = load_layer(name, template_file.parent, root, listed_in=shown, key=f"layers[{i}]")
+        layers[name] = load_layer(name, layers_dir, root, listed_in=shown, key=f"layers[{i}]", template=tpl)
     ordered = stack_order(tpl, layers, shown, root)
-    return Project(root=root, template_file=template_file, template=tpl, layers=tuple(ordered))
+    return Project(root=root, template_file=template_file, template=tpl, layers=tuple(ordered),
+                   layers_dir=layers_dir, templates=names or (tpl.name,))

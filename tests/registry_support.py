@@ -208,3 +208,16 @@ class FaultProxy:
 
 def blob_get(method: str, path: str) -> bool:
     return method == "GET" and "/blobs/sha256:" in path
+
+
+def registry_fixture():
+    """A module-scoped pytest fixture: one registry for the tests of a module."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def registry(tmp_path_factory):
+        reg = Registry(tmp_path_factory.mktemp("registry"))
+        yield reg
+        reg.stop()
+
+    return registry

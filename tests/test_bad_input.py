@@ -147,7 +147,7 @@ def test_locked_and_frozen_together_is_a_usage_error(project_dir, store_dir):
 def test_no_project_here(tmp_path):
     r = run_cli("plan", cwd=tmp_path)
     assert r.returncode == 2
-    assert "no layers/template.toml" in r.stderr
+    assert "no templates/*.toml or layers/template.toml here or in any parent folder" in r.stderr
 
 
 def test_unknown_layer_for_verify(project_dir, store_dir):

@@ -17,7 +17,7 @@ import pytest
 from lxclayer.lock import toml as locktoml
 
 from .conftest import run_cli, write_project
-from .registry_support import PASSWORD, USER, FaultProxy, Registry, blob_get
+from .registry_support import PASSWORD, USER, FaultProxy, blob_get, registry_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +25,7 @@ ARCHIVE = "test-tpl_1.0-1_amd64.tar.gz"
 IMAGE = "test-tpl_1.0-1_amd64.tar"
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = Registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()
+registry = registry_fixture()
 
 
 def _auth(path, *addresses):
@@ -94,13 +90,16 @@ def test_a_poisoned_blob_is_detected_and_built_here_and_refused_under_locked(tmp
         _, _, data = c.get_manifest(layer_tag(lock.layers["config"].input))
     pack = next(d for d in json.loads(data)["layers"] if d["mediaType"] == PACK_TYPE)
     f = registry.blob_file(pack["digest"])
-    raw = bytearray(f.read_bytes())
+    good = f.read_bytes()
+    raw = bytearray(good)
     raw[len(raw) // 2] ^= 0xFF
     f.write_bytes(bytes(raw))
-
-    b = write_project(tmp_path / "b")
-    shutil.copy(a / "locks" / "test-tpl.lock", b / "locks" / "test-tpl.lock")
-    r, rep = _build(b, tmp_path / "store-b", ref, auth, "--locked")
+    try:
+        b = write_project(tmp_path / "b")
+        shutil.copy(a / "locks" / "test-tpl.lock", b / "locks" / "test-tpl.lock")
+        r, rep = _build(b, tmp_path / "store-b", ref, auth, "--locked")
+    finally:
+        f.write_bytes(good)  # blobs are shared by every repository of the registry
     assert r.returncode == 0, r.stderr
     states = _states(rep)
     assert states["config"] == "built" and states["base"] == "pulled", states
@@ -237,7 +236,7 @@ def test_cache_push_then_ls_and_verify_and_a_team_setting_in_lxclayer_toml(tmp_p
                 env={"REGISTRY_AUTH_FILE": str(auth)})
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    assert set(_states(rep).values()) == {"pulled"}
+    assert set(_states(rep).values()) == {"pulled"}, (rep["layers"], r.stderr)
     assert rep["archives"][0]["reused"] == rep["archives"][0]["chunks"]
     assert (b / "dist" / ARCHIVE).read_bytes() == (a / "dist" / ARCHIVE).read_bytes()
 

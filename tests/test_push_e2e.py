@@ -15,16 +15,12 @@ from lxclayer.push import SBOM_TYPE
 
 from .conftest import run_cli, write_project
 from .e2e_support import require_tools
-from .registry_support import PASSWORD, USER, Registry
+from .registry_support import PASSWORD, USER, registry_fixture
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = Registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()
+registry = registry_fixture()
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from lxclayer.registry import (
 )
 
 from .e2e_support import require_tools
-from .registry_support import PASSWORD, USER, FaultProxy, Registry, blob_get
+from .registry_support import PASSWORD, USER, FaultProxy, Registry, blob_get, registry_fixture
 
 pytestmark = pytest.mark.e2e
 FAST = RetryPolicy(attempts=3, first_delay=0.05, max_delay=0.2, total=5)
@@ -40,11 +40,7 @@ def sha(b: bytes) -> str:
     return "sha256:" + hashlib.sha256(b).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = Registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()
+registry = registry_fixture()
 
 
 @pytest.fixture

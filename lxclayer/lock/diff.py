@@ -52,6 +52,17 @@ def diff(old: Lockfile | None, new: Lockfile | None) -> list[Change]:
                           old=None if new else ident, new=ident if new else None))
     else:
         out += _template(old, new)
+        if old.template.name != new.template.name:
+            # two templates compared: say first what they share (the same store entries)
+            same = [n for n, la in new.layers.items()
+                    if n in old.layers and old.layers[n].input == la.input]
+            alike = [n for n, la in new.layers.items()
+                     if n in old.layers and n not in same and old.layers[n].output == la.output]
+            parts = [f"{', '.join(same)} (same output)" if same else "no layer"]
+            if alike:
+                parts.append(f"{', '.join(alike)} (same files, other inputs)")
+            out.append(Change(kind="template", layer=None, name="shared", old=None, new=None,
+                              detail="; ".join(parts)))
     out += _archives(old, new)
     old_layers = old.layers if old else {}
     new_layers = new.layers if new else {}
@@ -241,6 +252,8 @@ def body(c: Change) -> str:
     if c.kind == "archive":
         return c.detail
     if c.kind == "template":
+        if c.name == "shared":
+            return f"shared: {c.detail}"
         if c.name == "template":
             return f"+ {c.new}" if c.old is None else f"- {c.old}"
         if c.old is None or c.new is None:

@@ -91,17 +91,21 @@ class RegistryCache:
     def tags(self) -> set[str]:
         return set(self.client.tags())
 
-    def claimed_output(self, input_digest: str) -> str | None:
-        """The output digest the cache's entry for `input_digest` says it has (not checked)."""
+    def _manifest(self, tag: str) -> oci.Manifest | None:
+        """The image manifest under `tag` (verified by the client), None when absent."""
         try:
-            _, _, data = self.client.get_manifest(layer_tag(input_digest), accept=(oci.MANIFEST,))
+            _, _, data = self.client.get_manifest(tag, accept=(oci.MANIFEST,))
         except NotFound:
             return None
         try:
-            m = msgspec.json.decode(data, type=oci.Manifest)
+            return msgspec.json.decode(data, type=oci.Manifest)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return ""
-        return (m.annotations or {}).get(OUTPUT, "")
+            raise DigestMismatch(f"{self.where}: {tag} is not an image manifest") from None
+
+    def claimed_output(self, input_digest: str) -> str | None:
+        """The output digest the cache's entry for `input_digest` says it has (not checked)."""
+        m = self._manifest(layer_tag(input_digest))
+        return None if m is None else (m.annotations or {}).get(OUTPUT, "")
 
     # --- layer entries ----------------------------------------------------------------------
 
@@ -109,14 +113,9 @@ class RegistryCache:
         """Pull the entry for `input_digest` into `store`'s blob area; None when the cache has
         none. Raises RegistryError (unavailable, refused bytes) and StoreCorruption (a pack
         whose contents do not match their names)."""
-        try:
-            _, _, data = self.client.get_manifest(layer_tag(input_digest), accept=(oci.MANIFEST,))
-        except NotFound:
+        m = self._manifest(layer_tag(input_digest))
+        if m is None:
             return None
-        try:
-            m = msgspec.json.decode(data, type=oci.Manifest)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)} is not an image manifest") from None
         if (m.artifact_type != LAYER_TYPE or m.config.media_type != META_TYPE or not m.layers
                 or m.layers[0].media_type != MANIFEST_TYPE
                 or any(d.media_type != PACK_TYPE for d in m.layers[1:])):
@@ -190,14 +189,9 @@ class RegistryCache:
 
     def fetch_outputs(self, key: str, store: Store) -> list[str]:
         """Put what the cache holds under `out-<key>` into the store; the names put."""
-        try:
-            _, _, data = self.client.get_manifest(outputs_tag(key), accept=(oci.MANIFEST,))
-        except NotFound:
+        m = self._manifest(outputs_tag(key))
+        if m is None:
             return []
-        try:
-            m = msgspec.json.decode(data, type=oci.Manifest)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            raise DigestMismatch(f"{self.where}: {outputs_tag(key)} is not an image manifest") from None
         if m.artifact_type != OUTPUTS_TYPE:
             raise DigestMismatch(f"{self.where}: {outputs_tag(key)} is not an lxclayer output cache")
         names: list[str] = []

@@ -1,7 +1,8 @@
-# First-boot step 20: PostgreSQL 15 cluster, roles, database and schema.
+# First-boot step 20: the PostgreSQL cluster (of the one major version installed), roles,
+# database and schema.
 . /usr/lib/stock-analysis/firstboot-lib.sh
 
-V=15 C=main
+V=$(/usr/lib/stock-analysis/postgresql-major) C=main
 DB=stock_analysis_event_store
 APP=stock_analysis_user
 OWNER=stock_analysis_owner
@@ -31,7 +32,7 @@ write_file "$CONF/pg_hba.conf" 0640 postgres:postgres \
     < /usr/share/stock-analysis/postgresql/pg_hba.conf
 /usr/lib/stock-analysis/postgresql-tune "$V" "$C"
 
-# The generator adds postgresql@15-main to postgresql.service from now on.
+# The generator adds postgresql@$V-main to postgresql.service from now on.
 systemctl daemon-reload
 start_unit "postgresql@$V-$C"
 wait_until 120 "PostgreSQL $V/$C" as_user postgres pg_isready -q

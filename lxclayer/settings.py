@@ -1,0 +1,65 @@
+"""The project's own settings: `lxclayer.toml` at the project's root (optional).
+
+```toml
+[project]
+default-template = "debian-13-stock-analysis"   # what `lxclayer build` builds without --template
+
+[cache]
+url = "oci://registry.example.com/team/lxclayer-cache"
+mode = "pull"
+```
+
+Checked like a layer file: an unknown key or a wrong type is refused naming the file and key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from .errors import DefinitionError
+
+SETTINGS_FILE = "lxclayer.toml"
+CACHE_MODES = ("pull", "push")
+
+
+class ProjectTable(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
+    default_template: str = ""
+
+
+class CacheTable(msgspec.Struct, forbid_unknown_fields=True):
+    url: str = ""
+    mode: str = ""
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True):
+    project: ProjectTable = msgspec.field(default_factory=ProjectTable)
+    cache: CacheTable = msgspec.field(default_factory=CacheTable)
+
+
+def load(root: Path) -> Settings:
+    """`<root>/lxclayer.toml`, or the defaults when there is none."""
+    path = root / SETTINGS_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return Settings()
+    except OSError as e:
+        raise DefinitionError(f"cannot read: {e.strerror}", file=SETTINGS_FILE) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise DefinitionError(f"not valid TOML ({e})", file=SETTINGS_FILE) from None
+    try:
+        s = msgspec.convert(data, Settings)
+    except msgspec.ValidationError as e:
+        from .definitions import msgspec_key
+
+        key, why = msgspec_key(e)
+        raise DefinitionError(why, file=SETTINGS_FILE, key=key) from None
+    if s.cache.mode and s.cache.mode not in CACHE_MODES:
+        raise DefinitionError(f"must be one of {', '.join(CACHE_MODES)}, not {s.cache.mode!r}",
+                              file=SETTINGS_FILE, key="cache.mode")
+    return s
