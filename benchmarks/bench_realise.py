@@ -136,8 +136,11 @@ def main() -> int:
         # 2. jq added to redis
         proj = scratch / "project"
         proj.mkdir()
-        for d in ("layers", "locks"):
-            shutil.copytree(a.project / d, proj / d, symlinks=True)
+        for d in ("layers", "locks", "templates"):
+            if (a.project / d).is_dir():
+                shutil.copytree(a.project / d, proj / d, symlinks=True)
+        if (a.project / "lxclayer.toml").is_file():
+            shutil.copy(a.project / "lxclayer.toml", proj / "lxclayer.toml")
         toml = proj / "layers/redis/layer.toml"
         text = toml.read_text()
         assert 'packages = ["redis-server", "redis-tools"]' in text
