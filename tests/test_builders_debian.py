@@ -486,6 +486,8 @@ def test_wheel_tags_rank_like_pip():
     assert wheels.best_wheel(files[:2] + files[4:], t) is None
     assert wheels.tag_of("six-1.17.0-py2.py3-none-any.whl") == "py2.py3-none-any"
     assert t.uv_platform == "x86_64-manylinux_2_36"
+    # Debian 13 (glibc 2.41): uv 0.13 refuses manylinux_2_41; the platform asked of uv is capped.
+    assert wheels.Target(python=(3, 13), glibc=(2, 41), machine="x86_64").uv_platform == "x86_64-manylinux_2_36"
 
 
 def test_uv_compile_output_is_parsed():

@@ -23,8 +23,13 @@ rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub \
 if [ -s /etc/machine-id ]; then : > /etc/machine-id; fi
 rm -f /var/lib/dbus/machine-id
 
-# postgresql-preseed must have stopped the package from creating a cluster.
-if [ -n "$(ls -A /etc/postgresql 2>/dev/null)" ] || [ -n "$(ls -A /var/lib/postgresql/15 2>/dev/null)" ]; then
-    echo "scrub: a PostgreSQL cluster exists at build time; postgresql-preseed did not take effect" >&2
+# postgresql-preseed must have stopped the package from creating a cluster, of
+# whichever major version the distribution ships (15 on Debian 12, 17 on 13).
+found=""
+for d in /etc/postgresql /var/lib/postgresql/[0-9]*; do
+    if [ -d "$d" ] && [ -n "$(ls -A "$d")" ]; then found="$found $d"; fi
+done
+if [ -n "$found" ]; then
+    echo "scrub: a PostgreSQL cluster exists at build time (${found# }); postgresql-preseed did not take effect" >&2
     exit 1
 fi

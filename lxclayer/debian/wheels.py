@@ -20,6 +20,7 @@ ARCH = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686", "ppc64el": "ppc64
         "armhf": "armv7l", "riscv64": "riscv64"}
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 TIMEOUT = 60
+UV_MAX_GLIBC = (2, 36)
 
 
 def normalise_name(name: str) -> str:
@@ -36,7 +37,11 @@ class Target:
 
     @property
     def uv_platform(self) -> str:
-        return f"{self.machine}-manylinux_{self.glibc[0]}_{self.glibc[1]}"
+        # uv accepts only the manylinux levels it lists (Debian 13's glibc 2.41 is not one of
+        # them in uv 0.13). 2.36 is proven; the wheels this project uses need 2.28 at most, and
+        # the wheels picked are checked against the full tag list (tags()) anyway.
+        major, minor = min(self.glibc, UV_MAX_GLIBC)
+        return f"{self.machine}-manylinux_{major}_{minor}"
 
     @property
     def python_version(self) -> str:

@@ -5,7 +5,11 @@ import json
 import re
 import tomllib
 
+import pytest
 from conftest import LAYERS
+
+# Every template of the project (templates/*.toml) stacks these layers.
+TEMPLATES = sorted((LAYERS.parent / "templates").glob("*.toml"))
 
 SERVICES = {"broker-gateway": 8001, "intelligent-core": 8002, "event-bus": 8003,
             "monitoring": 8004, "frontend": 8005}
@@ -18,8 +22,9 @@ def unit(path):
     return cp
 
 
-def test_every_service_has_unit_env_venv_queue_and_check():
-    tpl = tomllib.loads((LAYERS / "template.toml").read_text())
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
+def test_every_service_has_unit_env_venv_queue_and_check(template):
+    tpl = tomllib.loads(template.read_text())
     venvs = tomllib.loads((LAYERS / "services-venvs/layer.toml").read_text())["venvs"]
     defs = json.loads((LAYERS / "rabbitmq-config/root/etc/rabbitmq/definitions.json").read_text())
     queues = {q["name"]: q for q in defs["queues"]}
@@ -41,8 +46,9 @@ def test_every_service_has_unit_env_venv_queue_and_check():
         assert f"etc/systemd/system/multi-user.target.wants/stock-analysis-{svc}.service" in links
 
 
-def test_stack_order_respects_requires():
-    tpl = tomllib.loads((LAYERS / "template.toml").read_text())
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
+def test_stack_order_respects_requires(template):
+    tpl = tomllib.loads(template.read_text())
     seen = set()
     for name in tpl["layers"]:
         layer = tomllib.loads((LAYERS / name / "layer.toml").read_text())

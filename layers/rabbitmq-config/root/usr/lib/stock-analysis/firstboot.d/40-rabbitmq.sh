@@ -28,6 +28,16 @@ make_secret "$SECRET" stock-analysis
 rmq() {
     as_user rabbitmq env HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmqctl -s "$@"
 }
+# rmq_password COMMAND USER: add_user, change_password or authenticate_user with
+# the password on stdin. Exactly these two arguments, no -s: since 3.13
+# rabbitmqctl's shell wrapper lets the CLI read stdin only when it sees
+# `COMMAND USER` alone (it counts "$@"); with one more argument it starts the
+# CLI with -noinput and the read never returns (RabbitMQ 4.0 on Debian 13 hung
+# here). 3.10 reads stdin either way. Its prompt and banner go to /dev/null; a
+# time limit turns any future hang into a failed step that says so.
+rmq_password() {
+    as_user rabbitmq timeout 120 env HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmqctl "$1" "$2" >/dev/null
+}
 start_unit epmd.socket
 start_unit rabbitmq-server.service
 wait_until 180 "RabbitMQ node rabbit@localhost" rmq await_startup
@@ -42,14 +52,15 @@ rmq list_vhosts | grep -qx "$VHOST" || die "vhost $VHOST does not exist"
 #    (never in argv or in a file RabbitMQ reads), rights on its vhost only,
 #    no tags (not administrator, no management UI).
 if rmq list_users | awk '{print $1}' | grep -qx "$APP_USER"; then
-    if read_secret "$SECRET" | rmq authenticate_user "$APP_USER" >/dev/null 2>&1; then
+    if read_secret "$SECRET" | rmq_password authenticate_user "$APP_USER" 2>/dev/null; then
         log "user $APP_USER exists with the instance password"
     else
-        read_secret "$SECRET" | rmq change_password "$APP_USER"
+        read_secret "$SECRET" | rmq_password change_password "$APP_USER" \
+            || die "could not set the password of $APP_USER"
         log "user $APP_USER: password set from $SECRET"
     fi
 else
-    read_secret "$SECRET" | rmq add_user "$APP_USER"
+    read_secret "$SECRET" | rmq_password add_user "$APP_USER" || die "could not add user $APP_USER"
     log "user $APP_USER created"
 fi
 rmq set_user_tags "$APP_USER"
@@ -66,6 +77,6 @@ if rmq list_users | awk '{print $1}' | grep -qx guest; then
 fi
 
 # 5. Prove it: the application user authenticates with the instance password.
-read_secret "$SECRET" | rmq authenticate_user "$APP_USER" >/dev/null \
+read_secret "$SECRET" | rmq_password authenticate_user "$APP_USER" \
     || die "$APP_USER cannot authenticate with the instance password"
 log "RabbitMQ ready: vhost $VHOST, user $APP_USER, $(rmq list_queues -p "$VHOST" name | wc -l) queues"
