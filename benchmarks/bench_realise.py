@@ -44,10 +44,13 @@ from lxclayer.store import Store, default_root  # noqa: E402
 PROGRAM_KINDS = ("mmdebstrap", "apt", "script", "uv")
 
 
+TEMPLATE = "debian-12-stock-analysis"
+
+
 def lxclayer(project: Path, store: Path, *args: str) -> tuple[float, dict | None, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO), LXCLAYER_STORE=str(store))
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "lxclayer", "--project", str(project), *args],
+    r = subprocess.run([sys.executable, "-m", "lxclayer", "--project", str(project), *args, "--template", TEMPLATE],
                        capture_output=True, text=True, env=env)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
@@ -85,7 +88,7 @@ def print_layers(title: str, rows: list[tuple[str, str, float, float]]) -> None:
         print(f"  {name:20} {kind:10} {total:8.1f} {prog:10.1f} {total - prog:10.1f}")
 
 
-def mmdebstrap_baseline(store: Store, lock, work: Path) -> tuple[float, float, int]:
+def mmdebstrap_baseline(store: Store, lock, work: Path, suite: str) -> tuple[float, float, int]:
     """(mmdebstrap s, gzip -6 s, tar.gz bytes) for the union of the lock's packages."""
     pins = {}
     for la in lock.layers.values():
@@ -97,12 +100,12 @@ def mmdebstrap_baseline(store: Store, lock, work: Path) -> tuple[float, float, i
             sys.exit(f"{a.name} {a.version} is not in the store; build the template first")
         paths[a.sha256] = p
     repo = work / "repo"
-    make_repo(repo, pins, paths, suite="bookworm", date="Tue, 25 Nov 2025 00:00:00 UTC")
+    make_repo(repo, pins, paths, suite=suite, date="Tue, 25 Nov 2025 00:00:00 UTC")
     tar = work / "baseline.tar"
     cmd = ["unshare", "--mount", "--propagation", "private", "--", "mmdebstrap", "--mode=root", "--format=tar",
            "--variant=minbase", "--architectures=amd64", "--dpkgopt=force-unsafe-io",
            "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount",
-           "--include=" + ",".join(sorted(pins)), "bookworm", str(tar), f"deb [trusted=yes] file://{repo} ./"]
+           "--include=" + ",".join(sorted(pins)), suite, str(tar), f"deb [trusted=yes] file://{repo} ./"]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, SOURCE_DATE_EPOCH="1764028800"))
     mm = time.perf_counter() - t0
@@ -116,13 +119,17 @@ def mmdebstrap_baseline(store: Store, lock, work: Path) -> tuple[float, float, i
 
 
 def main() -> int:
+    global TEMPLATE
     ap = argparse.ArgumentParser()
     ap.add_argument("--project", type=Path, default=REPO)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--template", default="debian-12-stock-analysis", help="The template to build (its lock: locks/NAME.lock).")
+    ap.add_argument("--suite", default="bookworm", help="The template's Debian suite (for the baseline).")
     ap.add_argument("--skip-cold", action="store_true", help="Skip the cold build and the mmdebstrap baseline.")
     a = ap.parse_args()
+    TEMPLATE = a.template
     warm = Path(os.environ.get("LXCLAYER_STORE") or default_root())
-    lock_path = a.project / "locks/debian-12-stock-analysis.lock"
+    lock_path = a.project / f"locks/{TEMPLATE}.lock"
     lock = locktoml.read(lock_path)
     scratch = Path(tempfile.mkdtemp(prefix="bench-realise-", dir=warm.parent))
     try:
@@ -149,10 +156,10 @@ def main() -> int:
         # inodes and ctimes), taking out afterwards what the round added.
         jq, last = [], None
         for _ in range(a.repeat):
-            shutil.copy(lock_path, proj / "locks/debian-12-stock-analysis.lock")
+            shutil.copy(lock_path, proj / f"locks/{TEMPLATE}.lock")
             dt, last, _ = lxclayer(proj, warm, "build", "--json", "--out", str(scratch / "dist-jq"))
             jq.append(dt)
-            forget_added(warm, lock, proj / "locks/debian-12-stock-analysis.lock")
+            forget_added(warm, lock, proj / f"locks/{TEMPLATE}.lock")
         print(f"jq added to redis, `lxclayer build`: {statistics.median(jq):.1f} s median"
               f" ({min(jq):.1f}-{max(jq):.1f}; {len(jq)} rounds)")
         assert last is not None
@@ -175,7 +182,7 @@ def main() -> int:
             work = scratch / "baseline"
             work.mkdir()
             with Store(warm).session() as st:
-                mm, gz, size = mmdebstrap_baseline(st, lock, work)
+                mm, gz, size = mmdebstrap_baseline(st, lock, work, a.suite)
             base = mm + gz
             print(f"baseline: mmdebstrap {mm:.1f} s + gzip -6 {gz:.1f} s = {base:.1f} s ({size / 2**20:.0f} MiB)")
             print(f"cold build / baseline: {dt / base:.2f}x")
