@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import hermetic, outputs, roots
+from . import hermetic, outputs, roots, snapshots
 from .builders import builder
 from .builders.base import Context
 from .definitions import Layer, Project, rel
@@ -48,6 +48,7 @@ class LayerPlan:
     input: str | None = None  # None: not known until a layer below or the pins are resolved
     output: str | None = None
     seconds: float = 0.0
+    program_seconds: float = 0.0  # of `seconds`, the time of the programs the builder ran
 
 
 @dataclass
@@ -179,10 +180,10 @@ def check_locked(ev: Evaluator) -> None:
 
 def _context(layer: Layer, project: Project, store: Store, below: list[LayerEntry], artifacts: Artifacts,
              workdir: Path | None, mode: Mode, offline: bool,
-             log: Callable[[str], None] | None = None) -> Context:
+             log: Callable[[str], None] | None = None, snaps: snapshots.Policy | None = None) -> Context:
     return Context(layer=layer, project=project, store=store, below=below, artifacts=artifacts,
                    workdir=workdir or store.root / "tmp", offline=offline, locked=mode is Mode.LOCKED,
-                   log=log or (lambda m: None))
+                   log=log or (lambda m: None), snapshots=snaps or snapshots.Policy())
 
 
 def _lookup(store: Store, digest_: str, layer: Layer, mode: Mode, events: Events) -> LayerEntry | None:
@@ -200,7 +201,8 @@ def _lookup(store: Store, digest_: str, layer: Layer, mode: Mode, events: Events
 
 def realise_layer(project: Project, layer: Layer, store: Store, below: list[LayerEntry], lock: Lockfile | None,
                   mode: Mode, offline: bool, events: Events, cache: StatCache | None = None,
-                  ev: Evaluator | None = None, substituter: Cache | None = None) -> tuple[LayerEntry, LayerPlan]:
+                  ev: Evaluator | None = None, substituter: Cache | None = None,
+                  snaps: snapshots.Policy | None = None) -> tuple[LayerEntry, LayerPlan]:
     """Find `layer` in the store, or build it there: resolve its pins if the lock's no longer
     hold, derive its input digest from them and the layers `below`, build if missing."""
     ev = ev or Evaluator(project, store, lock, mode, cache)
@@ -213,7 +215,7 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
         events.log(layer.name, message)
 
     with store.staging(f"build-{layer.name}") as work:
-        ctx = _context(layer, project, store, below, {}, work, mode, offline, log)
+        ctx = _context(layer, project, store, below, {}, work, mode, offline, log, snaps)
         artifacts = ev.locked_pins(layer)
         if artifacts is None:
             if mode is Mode.LOCKED:
@@ -226,6 +228,7 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
         resolved = mod.resolved_inputs(ctx) if hasattr(mod, "resolved_inputs") else {}
         drv = ev.derive(layer, artifacts, resolved, [e.output for e in below])
         p.input = drv.input
+        ctx.input = p.input
         if mode is Mode.LOCKED and locked is not None and p.input != locked.input:
             why = ev.reasons(layer, drv.record)
             raise LockError(f"layer {layer.name}: inputs differ from the lock: {'; '.join(why)}",
@@ -265,6 +268,7 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
             p.state = "cached"
     p.output = entry.output
     p.seconds = time.monotonic() - t0
+    p.program_seconds = ctx.program_seconds
     if mode is Mode.LOCKED and locked is not None and entry.output != locked.output:
         raise LockError(
             f"layer {layer.name} built to output {entry.output[:12]}, the lock records {locked.output[:12]}:"
@@ -315,9 +319,12 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
 def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: bool = False,
           formats: list[str] | None = None, out_dir: Path | None = None, write_lock: bool = True,
           jobs: int | None = None, events: Events | None = None,
-          ignore_lock_pins: bool = False, cache: Cache | None = None) -> BuildResult:
-    """Build every layer that the store lacks, compose the archive(s), write the lock."""
+          ignore_lock_pins: bool = False, cache: Cache | None = None,
+          snapshots_on: bool | None = None) -> BuildResult:
+    """Build every layer that the store lacks, compose the archive(s), write the lock.
+    `snapshots_on`: realise program layers on snapshots (None: as $LXCLAYER_SNAPSHOTS says)."""
     events = events or Events()
+    snaps = snapshots.Policy.choose(snapshots_on, events.warn)
     t0 = time.monotonic()
     out_dir = out_dir or project.root / "dist"
     formats = formats or list(project.template.formats)
@@ -343,7 +350,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 plans: list[LayerPlan] = []
                 for layer in project.layers:
                     entry, p = realise_layer(project, layer, store, entries, pins_from, mode, offline, events,
-                                             cache_, ev, substituter=shared)
+                                             cache_, ev, substituter=shared, snaps=snaps)
                     entries.append(entry)
                     plans.append(p)
                     events.layer_done(p)

@@ -188,7 +188,8 @@ class Printer:
     def layer_done(self, p) -> None:
         self._stop_ticker()
         if p.state == "built":
-            self._line(f"  built    {p.name} in {p.seconds:.1f}s  {p.output[:12]}")
+            progs = f" (programs {p.program_seconds:.1f}s)" if p.program_seconds else ""
+            self._line(f"  built    {p.name} in {p.seconds:.1f}s{progs}  {p.output[:12]}")
         elif p.state == "pulled":
             self._line(f"  pulled   {p.name} from the cache in {p.seconds:.1f}s  {p.output[:12]}")
         else:
@@ -247,10 +248,21 @@ def _mode(locked: bool, frozen: bool):
     return Mode.LOCKED if locked else Mode.FROZEN if frozen else Mode.NORMAL
 
 
+SNAPSHOTS_OPTION = click.option(
+    "--snapshots", "snaps", type=click.Choice(["on", "off"]), default=None,
+    help="Build program layers on overlay snapshots of the layers below (default: on, or $LXCLAYER_SNAPSHOTS);"
+         " off: on a full copy of them, for file systems without overlayfs.")
+
+
+def _on(snaps: str | None) -> bool | None:
+    return None if snaps is None else snaps == "on"
+
+
 def _result_json(res) -> dict:
     return {
         "layers": [{"name": p.name, "kind": p.kind, "state": p.state, "reasons": p.reasons,
-                    "input": p.input, "output": p.output, "seconds": round(p.seconds, 3)} for p in res.layers],
+                    "input": p.input, "output": p.output, "seconds": round(p.seconds, 3),
+                    "program_seconds": round(p.program_seconds, 3)} for p in res.layers],
         "archives": [{"format": a.format, "path": str(a.path), "sha256": a.sha256, "size": a.size,
                       "composed": a.composed, "chunks": a.chunks, "reused": a.reused,
                       **({"image": a.image} if a.image else {})} for a in res.archives],
@@ -283,9 +295,10 @@ def _print_result(res) -> None:
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Compression threads. Default: all cores.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 @cache_options
+@SNAPSHOTS_OPTION
 @per_template
 @click.pass_context
-def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, **cache_opts) -> None:
+def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps, **cache_opts) -> None:
     """Build the template: every layer the store lacks, then the archive and the lock.
 
     \b
@@ -300,7 +313,8 @@ def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, **cache_opt
     cache = _cache(project, printer, **cache_opts)
     try:
         res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
-                      formats=list(formats) or None, out_dir=out, jobs=jobs, events=printer, cache=cache)
+                      formats=list(formats) or None, out_dir=out, jobs=jobs, events=printer, cache=cache,
+                      snapshots_on=_on(snaps))
     finally:
         if cache is not None:
             cache.close()
@@ -344,9 +358,10 @@ def plan(ctx, as_json) -> None:
 @click.option("--upgrade", is_flag=True, help="Resolve every pin again, not only those of changed layers.")
 @click.option("--offline", is_flag=True, help="Use only artifacts already in the store.")
 @cache_options
+@SNAPSHOTS_OPTION
 @per_template
 @click.pass_context
-def lock(ctx, upgrade, offline, **cache_opts) -> None:
+def lock(ctx, upgrade, offline, snaps, **cache_opts) -> None:
     """Resolve pins, build, and write locks/<template>.lock.
 
     The lock records output digests and the archive's sha256, so locking builds what is missing.
@@ -368,7 +383,7 @@ def lock(ctx, upgrade, offline, **cache_opts) -> None:
     try:
         # --upgrade: pins of every layer are resolved again (the old lock is hidden from the build).
         res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=printer, cache=cache,
-                      ignore_lock_pins=upgrade and project.lock_file.exists())
+                      ignore_lock_pins=upgrade and project.lock_file.exists(), snapshots_on=_on(snaps))
     finally:
         if cache is not None:
             cache.close()

@@ -22,21 +22,25 @@ attributes, and the manifest says such a directory does not change them.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 from .errors import BuildError
 from .fsio import pid_alive, rmtree
-from .manifest import Entry, parent_of, sort_key
+from .manifest import Entry, find, parent_of, sort_key
 from .materialise import materialise
+from .scan import kept_xattr
 from .store import Store
 
 SNAPSHOTS = "snapshots"
+ENV = "LXCLAYER_SNAPSHOTS"
 INDEX = "index"
 ROOT = "root"
 
@@ -106,7 +110,17 @@ def layer_entries(entries: list[Entry], lower: Callable[[str], Entry | None], *,
             return msgspec.structs.replace(below, implicit=False)
         return Entry(path=path, type="dir", mode=0o755, mtime=mtime)
 
+    def under_non_dir(path: str) -> bool:
+        p = parent_of(path)
+        while p:
+            if p in by_path and by_path[p].type != "dir":
+                return True
+            p = parent_of(p)
+        return False
+
     for e in entries:
+        if e.type == "whiteout" and under_non_dir(e.path):
+            continue  # a directory replaced by a file: the file hides all that was below
         p = parent_of(e.path)
         while p and p not in by_path and p not in out:
             out[p] = implied(p)
@@ -137,8 +151,12 @@ def make(store: Store, input_digest: str, output: str, entries: list[Entry],
         index = Index(output=output, paths=take_index(root))
         (tmp / INDEX).write_bytes(_index_enc.encode(index))
         final = snapshot_dir(store, input_digest)
-        rmtree(final)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            rmtree(tmp)  # made meanwhile by another build, which may be using it: keep that one
     except OSError as e:
         rmtree(tmp)
         raise BuildError(f"cannot make the snapshot of layer {input_digest[:16]}: {e.strerror or e}") from None
@@ -146,6 +164,58 @@ def make(store: Store, input_digest: str, output: str, entries: list[Entry],
         rmtree(tmp)
         raise
     return final / ROOT
+
+
+def adopt(store: Store, input_digest: str, output: str, upper: Path, *, mtime: int) -> Path:
+    """Make the upper directory a layer was just built in (on an overlay of the snapshots below,
+    unmounted now) that layer's snapshot, by moving it: no copy. Its merged view with the
+    snapshots below is then what the store entry says once the upper directory is brought to
+    the entry's terms: mtimes clamped to `mtime`, sockets and the contents of the run-time
+    folders removed, xattrs the manifest does not keep removed (of overlayfs's own, only the
+    opaque mark stays). Appears atomically like :func:`make`."""
+    base = snapshots_dir(store)
+    base.mkdir(exist_ok=True)
+    tmp = base / f".tmp-{os.getpid()}-{next(_counter)}"
+    try:
+        tmp.mkdir()
+        root = tmp / ROOT
+        os.rename(upper, root)
+        for dirpath, dirs, files in os.walk(root, topdown=False):
+            rel = os.path.relpath(dirpath, root)
+            for name in itertools.chain(files, dirs):
+                p = os.path.join(dirpath, name)
+                st = os.lstat(p)
+                if stat.S_ISSOCK(st.st_mode) or _runtime(rel, name):
+                    if stat.S_ISDIR(st.st_mode):
+                        rmtree(Path(p))
+                    else:
+                        os.unlink(p)
+                    continue
+                if not stat.S_ISLNK(st.st_mode):
+                    for x in os.listxattr(p, follow_symlinks=False):
+                        if x != OPAQUE and not kept_xattr(x):
+                            os.removexattr(p, x, follow_symlinks=False)
+                if st.st_mtime_ns > mtime * 1_000_000_000:
+                    os.utime(p, (mtime, mtime), follow_symlinks=False)
+        os.utime(root, (mtime, mtime))
+        (tmp / INDEX).write_bytes(_index_enc.encode(Index(output=output, paths=take_index(root))))
+        final = snapshot_dir(store, input_digest)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            rmtree(tmp)
+        return final / ROOT
+    except BaseException:
+        rmtree(tmp)
+        raise
+
+
+def _runtime(rel: str, name: str) -> bool:
+    """Inside dev, proc or sys (never part of a layer; see lxclayer.debian.layer.RUNTIME_DIRS)."""
+    head = (name if rel == "." else rel).split("/", 1)[0]
+    return rel != "." and head in ("dev", "proc", "sys")
 
 
 def check(store: Store, input_digest: str, output: str) -> str | None:
@@ -179,7 +249,62 @@ def ensure(store: Store, input_digest: str, output: str, entries: Callable[[], l
         return snapshot_dir(store, input_digest) / ROOT
     if why != "missing":
         log(f"snapshot {input_digest[:16]} not trusted ({why}): making it again from the store")
+        remove(store, input_digest)
     return make(store, input_digest, output, entries(), lower, mtime=mtime)
+
+
+def lookup_below(layers: Sequence[Sequence[Entry]], path: str) -> Entry | None:
+    """The entry :func:`lxclayer.manifest.merge` gives `path` in the stack `layers` (bottom
+    first; None if absent), found without merging: an implicit directory takes the attributes
+    of the directory below it, a whiteout or a non-directory parent above hides it."""
+    parents = []
+    p = parent_of(path)
+    while p:
+        parents.append(p)
+        p = parent_of(p)
+    for i in range(len(layers) - 1, -1, -1):
+        e = find(layers[i], path)  # type: ignore[arg-type]
+        if e is not None:
+            if e.type == "whiteout":
+                return None
+            if e.type == "dir" and e.implicit:
+                under = lookup_below(layers[:i], path)
+                return under if under is not None and under.type == "dir" else e
+            return e
+        for parent in parents:
+            pe = find(layers[i], parent)  # type: ignore[arg-type]
+            if pe is not None and pe.type != "dir":
+                return None
+    return None
+
+
+@dataclass
+class Policy:
+    """Whether this build realises program layers on snapshots; says once when it does not."""
+
+    enabled: bool = True
+    reason: str = ""
+    say: Callable[[str], None] = lambda m: None
+    _said: bool = False
+
+    @classmethod
+    def choose(cls, flag: bool | None, say: Callable[[str], None]) -> Policy:
+        """`flag` from `--snapshots=on|off`; else $LXCLAYER_SNAPSHOTS (on, off); default on."""
+        if flag is None:
+            env = os.environ.get(ENV, "").strip().lower()
+            if env in ("off", "0", "no", "false"):
+                return cls(False, f"{ENV}={env}", say)
+            return cls(True, "", say)
+        return cls(flag, "" if flag else "--snapshots=off", say)
+
+    def off(self, reason: str) -> None:
+        self.enabled, self.reason = False, reason
+        self.tell()
+
+    def tell(self) -> None:
+        if not self._said and not self.enabled:
+            self._said = True
+            self.say(f"snapshots off ({self.reason}): program layers are built on a full copy of the layers below")
 
 
 def sweep_tmp(store: Store) -> None:

@@ -15,6 +15,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -363,7 +364,8 @@ def test_an_interrupted_build_leaves_no_mount(built, tmp_path, sig, exc):
 
     def interrupt():
         while not stop.is_set():
-            if list((built.store_a / "tmp").glob("build-setup-*/root/tmp/started")):
+            if [*(built.store_a / "tmp").glob("build-setup-*/root/tmp/started"),  # --snapshots=off
+                *(built.store_a / "tmp").glob("build-setup-*/build/upper/tmp/started")]:
                 time.sleep(0.5)
                 os.kill(os.getpid(), sig)
                 return
@@ -430,3 +432,159 @@ def test_an_apt_source_not_signed_by_its_pinned_key_is_refused(built, tmp_path):
     assert "NO_PUBKEY" in msg or "not signed" in msg
     assert set(st.entries()) == before
     assert mounts_under(built.store_a) == []
+
+
+# --- snapshots (issue 11) ------------------------------------------------------------------------
+
+
+def _store_copy(built: Built, dest: Path, drop: tuple[str, ...] = ()) -> Store:
+    """A hard-linked copy of store A without the entries of the layers `drop`, and without
+    snapshots (a copy's directories have other inodes and ctimes: they would not be trusted)."""
+    subprocess.run(["cp", "-al", str(built.store_a), str(dest)], check=True)
+    shutil.rmtree(dest / "snapshots", ignore_errors=True)
+    st = Store(dest)
+    for d in list(st.entries()):
+        if st.lookup(d).meta.layer in drop:
+            st.remove_entry(d)
+    return st
+
+
+def test_program_layers_on_snapshots_and_the_old_way_give_identical_entries(built, tmp_path):
+    """The fixture's builds ran on snapshots; rebuilt here with --snapshots=off (the stack below
+    written out, the whole tree scanned), the apt, uv and script layers must come out the same:
+    --locked checks every output against the lock, and the archive's bytes."""
+    st = _store_copy(built, tmp_path / "store", drop=("tools", "py", "setup"))
+    log = Log()
+    res = build(load_project(built.project), st, mode=Mode.LOCKED, offline=True, out_dir=tmp_path / "dist",
+                events=log, snapshots_on=False)
+    assert [p.state for p in res.layers] == ["cached", "built", "built", "built", "cached", "cached"]
+    assert res.archives[0].path.read_bytes() == built.res_a.archives[0].path.read_bytes()
+    said = [ln for ln in log.lines if "snapshots off" in ln]
+    assert said == ["warning: snapshots off (--snapshots=off): program layers are built on a full copy of the"
+                    " layers below"]
+    assert all(p.program_seconds > 0 for p in res.layers if p.state == "built")
+
+
+EDGE = """\
+rm /etc/lxclayer-e2e                                                  # a deleted file
+rm -r /var/lib/lxclayer-dir && printf 'now a file' > /var/lib/lxclayer-dir   # a directory replaced by a file
+chmod 0600 /etc/lxclayer-cat                                          # only a mode
+chown 1:1 /etc/motd                                                   # only an owner
+python3 -c "import os; os.setxattr('/etc/issue', 'user.lxclayer', b'1')"   # only an xattr
+rm -r /etc/apt/apt.conf.d && mkdir /etc/apt/apt.conf.d && echo n > /etc/apt/apt.conf.d/99new  # emptied, refilled
+"""
+
+
+def test_deletions_replacements_and_metadata_only_changes_are_the_same_on_snapshots(built, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(built.project, project)
+    (project / "layers/edge").mkdir()
+    (project / "layers/edge/layer.toml").write_text('kind = "script"\nrequires = ["setup"]\nscript = "edge.sh"\n')
+    (project / "layers/edge/edge.sh").write_text(EDGE)
+    tpl = project / "layers/template.toml"
+    tpl.write_text(tpl.read_text().replace('"setup", ', '"setup", "edge", '))
+    layers = {}
+    for on in (True, False):
+        st = _store_copy(built, tmp_path / f"store-{on}")
+        res = build(load_project(project), st, offline=True, out_dir=tmp_path / f"dist-{on}", write_lock=False,
+                    snapshots_on=on)
+        assert [p.name for p in res.layers if p.state == "built"] == ["edge"]  # files layers read nothing below
+        layers[on] = _entry(tmp_path / f"store-{on}", "edge")[1].entries
+    assert layers[True] == layers[False]
+    by_path = {e.path: e for e in layers[True]}
+    assert by_path["etc/lxclayer-e2e"].type == "whiteout"
+    assert by_path["var/lib/lxclayer-dir"].type == "file"
+    assert by_path["etc/lxclayer-cat"].mode == 0o600
+    assert (by_path["etc/motd"].uid, by_path["etc/motd"].gid) == (1, 1)
+    assert by_path["etc/issue"].xattrs == {"user.lxclayer": b"1"}
+    assert by_path["etc/apt/apt.conf.d/99new"].type == "file"
+    assert [e.type for p, e in by_path.items() if p.startswith("etc/apt/apt.conf.d/") and p != "etc/apt/apt.conf.d/99new"]
+    assert set(e.type for p, e in by_path.items() if p.startswith("etc/apt/apt.conf.d/")) == {"file", "whiteout"}
+
+
+def _mounts_anywhere(word: str) -> list[str]:
+    """Mounts naming `word` in the mount table of any process (any namespace) on this machine."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                out += [ln for ln in (p / "mountinfo").read_text().splitlines() if word in ln]
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.parametrize("when", ["making snapshots", "running the program"])
+def test_sigkill_during_a_snapshot_build_leaves_no_mount_and_nothing_trusted(built, tmp_path, when):
+    from lxclayer import snapshots
+
+    project = _script_project(tmp_path / "p", "touch /tmp/started\nsleep 600\n")
+    _copy_lock(built, project)
+    st = _store_copy(built, tmp_path / "store")
+    before = set(st.entries())
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "lxclayer", "--project", str(project), "--store",
+                             str(tmp_path / "store"), "build"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if when == "making snapshots":
+                hit = list((tmp_path / "store/snapshots").glob(".tmp-*/root/usr"))
+            else:
+                hit = list((tmp_path / "store/tmp").glob("build-setup-*/build/upper/tmp/started"))
+            if hit:
+                break
+            assert proc.poll() is None, "the build ended before the point to kill it at"
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"never reached {when}")
+        assert when != "running the program" or _mounts_anywhere(str(tmp_path / "store"))
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 20
+    while (_mounts_anywhere(str(tmp_path / "store")) or _processes_under(tmp_path / "store")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _mounts_anywhere(str(tmp_path / "store")) == []
+    assert _processes_under(tmp_path / "store") == []
+    assert mounts_under(tmp_path / "store") == []
+    assert set(st.entries()) == before  # the killed layer was not stored
+    for d in snapshots.unneeded(st, []):  # every published snapshot is whole
+        entry = st.lookup(d)
+        assert entry is not None and snapshots.check(st, d, entry.output) is None, d
+
+
+@pytest.mark.parametrize("tamper", ["edit", "add", "remove"])
+def test_a_snapshot_changed_behind_our_back_is_noticed_and_made_again(built, tmp_path, tamper):
+    from lxclayer import snapshots
+
+    st = _store_copy(built, tmp_path / "store", drop=("setup",))
+    tools = _entry(tmp_path / "store", "tools")[1]
+    snap = tmp_path / "store/snapshots" / tools.input
+    log = Log()
+    res = build(load_project(built.project), st, mode=Mode.LOCKED, offline=True, out_dir=tmp_path / "d1", events=log)
+    assert not [ln for ln in log.lines if "not trusted" in ln]  # made from the store entry, trusted
+    for d in list(st.entries()):
+        if st.lookup(d).meta.layer == "setup":
+            st.remove_entry(d)
+    jq = snap / "root/usr/bin/jq"
+    if tamper == "edit":
+        with open(jq, "r+b") as fh:
+            fh.write(b"X")  # content only, same size
+    elif tamper == "add":
+        (snap / "root/usr/bin/evil").write_bytes(b"#!/bin/sh\n")
+    else:
+        jq.unlink()
+    log = Log()
+    res = build(load_project(built.project), st, mode=Mode.LOCKED, offline=True, out_dir=tmp_path / "d2", events=log)
+    said = [ln for ln in log.lines if "not trusted" in ln]
+    assert len(said) == 1 and tools.input[:16] in said[0] and "changed since it was made" in said[0]
+    assert [p.state for p in res.layers] == ["cached", "cached", "cached", "built", "cached", "cached"]
+    assert snapshots.check(st, tools.input, tools.output) is None
+    assert not (snap / "root/usr/bin/evil").exists()
+    assert (snap / "root/usr/bin/jq").read_bytes()[:1] == b"\x7f"

@@ -269,3 +269,120 @@ def test_scanning_the_upper_dir_alone_gives_the_same_layer_as_scanning_the_whole
     assert kinds["etc/gone"] == "whiteout" and kinds["opt"] == "file" and kinds["srv/old"] == "whiteout"
     assert {"var/lib/y", "etc/a", "var/lib", "usr/new/deep/f"} <= set(kinds)
     assert snapshots.check(store, "b", "out-b") is None  # the program did not touch the snapshot
+
+
+def test_lookup_below_agrees_with_merge(store):
+    bottom, top = stack(store)
+    again = [Entry(path="etc", type="dir", mode=0o700, mtime=SDE, implicit=True),  # over a real dir
+             Entry(path="new", type="dir", mode=0o755, mtime=SDE, implicit=True),  # over nothing
+             Entry(path="var", type="whiteout")]
+    layers = [bottom, top, again]
+    for n in range(1, len(layers) + 1):
+        merged = {e.path: e for e in merge(layers[:n], mtime=SDE)}
+        paths = set(merged) | {e.path for layer in layers for e in layer} | {"var/lib/y", "nothing/here"}
+        for path in sorted(paths):
+            got = snapshots.lookup_below(layers[:n], path)
+            want = merged.get(path)
+            if want is not None and want.implicit and got is not None:
+                assert (got.type, got.mode, got.uid) == (want.type, want.mode, want.uid), path
+            else:
+                assert got == want, (n, path)
+
+
+def test_an_adopted_upper_dir_shows_the_same_tree_as_a_snapshot_made_from_the_entries(store, tmp_path):
+    """After a build on the overlay, the upper directory becomes the layer's snapshot (moved,
+    not copied); stacked on the snapshots below it must show what one made from the layer's
+    store entries shows, and pass the lstat check."""
+    from lxclayer.manifest import diff, sorted_entries
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    bottom = [d("etc", mode=0o750, uid=7, gid=8), f(store, "etc/a", b"a\n"), f(store, "etc/gone", b"x"),
+              d("opt"), d("opt/sub"), f(store, "opt/sub/x", b"x"), d("var"), d("var/lib"),
+              f(store, "var/lib/y", b"y"), d("srv"), f(store, "srv/old", b"o"), d("usr"), d("dev")]
+    base = {e.path: e for e in merge([bottom], mtime=SDE)}
+    lower = snap(store, "b", bottom, lambda p: None)
+    upper, work, mnt = tmp_path / "upper", tmp_path / "work", tmp_path / "mnt"
+    for p in (upper, work, mnt):
+        p.mkdir()
+    extra = ("mkfifo var/lib/fifo\nmknod dev/null2 c 1 3\n"
+             "python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"run.sock\")'\n")
+    p = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t overlay ov -o lowerdir={lower},upperdir={upper},workdir={work},"
+         f'redirect_dir=off,metacopy=off,index=off,xino=off "$1" || exit 97\n' + CHANGES.replace(
+             "touch -h", extra + "touch -h"), "sh", str(mnt)],
+        capture_output=True,
+    )
+    if p.returncode == 97:
+        pytest.skip(f"overlayfs is not available here: {p.stderr.decode().strip()}")
+    assert p.returncode == 0, p.stderr.decode()
+    from lxclayer.debian.layer import layer_tree
+
+    entries = sorted_entries(diff(base, layer_tree(snapshots.upper_changes(upper, base, store, mtime_clamp=SDE))))
+    assert {"var/lib/fifo", "opt", "etc/gone"} <= {e.path for e in entries}
+    assert not [e for e in entries if e.path.startswith("dev/") or e.path == "run.sock"]
+    adopted = snapshots.adopt(store, "t-adopted", "out", upper, mtime=SDE)
+    assert not upper.exists() and snapshots.check(store, "t-adopted", "out") is None
+    made = snap(store, "t-made", entries, lambda path: base.get(path))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "m").mkdir()
+    via_adopted = _merged_scan(store, [adopted, lower], tmp_path / "a")
+    via_made = _merged_scan(store, [made, lower], tmp_path / "m")
+    assert via_adopted == via_made
+    assert "run.sock" not in os.listdir(adopted) and not os.path.lexists(adopted / "dev/null2")
+
+
+@pytest.mark.parametrize("flag,env,enabled,reason", [
+    (None, None, True, ""), (None, "off", False, "LXCLAYER_SNAPSHOTS=off"), (None, "on", True, ""),
+    (False, None, False, "--snapshots=off"), (True, "off", True, ""),
+])
+def test_snapshots_are_on_unless_the_flag_or_the_environment_says_off(monkeypatch, flag, env, enabled, reason):
+    if env is None:
+        monkeypatch.delenv(snapshots.ENV, raising=False)
+    else:
+        monkeypatch.setenv(snapshots.ENV, env)
+    said: list[str] = []
+    p = snapshots.Policy.choose(flag, said.append)
+    assert (p.enabled, p.reason) == (enabled, reason)
+    p.tell()
+    p.tell()
+    assert said == ([] if enabled else [f"snapshots off ({reason}): program layers are built on a full copy of"
+                                        " the layers below"])
+
+
+def test_an_overlay_that_cannot_be_mounted_is_overlay_unavailable_with_the_reason(tmp_path):
+    from lxclayer.overlay import OverlayUnavailable, StackMount
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    m = StackMount(tmp_path, [tmp_path / "no-such-lower"], tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
+    with pytest.raises(OverlayUnavailable) as e:
+        m.__enter__()
+    assert "mount" in str(e.value) or "No such file" in str(e.value)
+    said: list[str] = []
+    p = snapshots.Policy(say=said.append)
+    p.off(f"overlayfs cannot be mounted here: {e.value}")
+    p.tell()
+    assert len(said) == 1 and said[0].startswith("snapshots off (overlayfs cannot be mounted here: ")
+
+
+def test_a_mounted_stack_is_seen_by_this_process_and_gone_afterwards(store, tmp_path):
+    from lxclayer.debian.chroot import mounts_under
+    from lxclayer.overlay import StackMount
+
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("unshare/nsenter (util-linux) are not installed")
+    bottom, _ = stack(store)
+    lower = snap(store, "b", bottom, lambda p: None)
+    m = StackMount(snapshots.snapshots_dir(store), [lower], tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
+    with m:
+        assert (m.view / "etc/a").read_bytes() == b"a\n"
+        (m.view / "etc/new").write_bytes(b"n")  # into the upper directory, not the snapshot
+        assert mounts_under(tmp_path) == []  # nothing in this process's namespace
+        r = subprocess.run([*m.enter, "cat", str(m.mountpoint / "etc/new")], capture_output=True)
+        assert r.stdout == b"n", r.stderr
+        pid = m.pid
+    assert (tmp_path / "upper/etc/new").read_bytes() == b"n"
+    assert not os.path.exists(f"/proc/{pid}")
+    assert snapshots.check(store, "b", "out-b") is None

@@ -36,8 +36,10 @@ from ..debian.layer import (
     PRISTINE,
     build_in_chroot,
     check_installed,
+    chroot_on,
     installed,
     lower_text,
+    on_snapshots,
     require_root,
     require_tool,
     shown,
@@ -57,6 +59,7 @@ from ..kinds.apt import (  # noqa: F401 (what the engine asks a builder for)
     validate,
 )
 from ..lock.model import Artifact
+from ..overlay import OverlayUnavailable
 from .base import Artifacts, Context, Result
 
 KIND = "apt"
@@ -114,6 +117,32 @@ def resolve(ctx: Context) -> Artifacts:
     require_tool(ctx, "unshare", "util-linux")
     if not ctx.below:
         raise BuildError("an apt layer needs a Debian root file system below it", file=shown(ctx))
+    found = None
+    if ctx.snapshots.enabled:  # on an overlay of the snapshots below, thrown away afterwards
+        try:
+            with on_snapshots(ctx, "resolve") as mount:
+                _write_sources(ctx, mount.view)
+                with chroot_on(ctx, mount, []) as ch:
+                    found = _resolve_with(ctx, ch, overlay=False)
+            shutil.rmtree(mount.upper.parent, ignore_errors=True)
+        except OverlayUnavailable as e:
+            ctx.snapshots.off(f"overlayfs cannot be mounted here: {e}")
+    if found is None:
+        found = _resolve_materialised(ctx)
+    inst, stanzas = found
+    pinned: dict[str, Artifact] = {}
+    for name, version, arch in inst:
+        p = stanzas.get((name, version, arch)) or stanzas.get((name, version, "all"))
+        if p is None or "SHA256" not in p:
+            raise BuildError(f"{name} {version} ({arch}) has no SHA256 in the Packages index", file=shown(ctx))
+        pinned[name] = Artifact(name=name, version=version, arch=arch, sha256=p["SHA256"],
+                                source=p["Filename"], size=int(p.get("Size", "0") or 0))
+    ctx.log(f"resolved {len(pinned)} packages")
+    return {"packages": dict(sorted(pinned.items()))}
+
+
+def _resolve_materialised(ctx: Context):
+    ctx.snapshots.tell()
     # Resolve in the tree the build will use, seen through an overlay so that it stays as it
     # is; where overlayfs is missing, in a copy of its own.
     root = ctx.workdir / "root"
@@ -136,40 +165,39 @@ def resolve(ctx: Context) -> Artifacts:
         finally:
             shutil.rmtree(copy, ignore_errors=True)
     assert found is not None
-    inst, stanzas = found
-    pinned: dict[str, Artifact] = {}
-    for name, version, arch in inst:
-        p = stanzas.get((name, version, arch)) or stanzas.get((name, version, "all"))
-        if p is None or "SHA256" not in p:
-            raise BuildError(f"{name} {version} ({arch}) has no SHA256 in the Packages index", file=shown(ctx))
-        pinned[name] = Artifact(name=name, version=version, arch=arch, sha256=p["SHA256"],
-                                source=p["Filename"], size=int(p.get("Size", "0") or 0))
-    ctx.log(f"resolved {len(pinned)} packages")
-    return {"packages": dict(sorted(pinned.items()))}
+    return found
 
 
 def _resolve_in(ctx: Context, root: Path, overlay: Path | None):
     """(Inst list, stanzas) from apt in a chroot of `root`; None if the overlay cannot be made."""
-    s: Settings = ctx.layer.spec  # type: ignore[assignment]
     if overlay is not None:
         _write_sources(ctx, overlay / "upper")
-    with Chroot(root, ctx.workdir, log=ctx.log, overlay=overlay) as ch:
-        out = ch.run(["apt-get", "--error-on=any", "update"], network=True, what="update")
-        if overlay is not None and out.returncode == 97 and OVERLAY_UNAVAILABLE in out.text:
-            return None
-        failure = update_failure(out.text)
-        if out.returncode != 0 or failure:
-            raise BuildError(failure or apt_failure(out.text), file=shown(ctx), key="sources" if s.sources else None)
-        out = ch.run(["apt-get", "-s", "-y", *_apt_opts(s), "install", *s.packages], what="simulate")
-        if out.returncode != 0:
-            raise BuildError(apt_failure(out.text), file=shown(ctx), key="packages")
-        inst = parse_simulation(out.full_text())
-        if not inst:
-            return [], {}
-        out = ch.run(["apt-cache", "show", *(f"{n}={v}" for n, v, _ in inst)], what="show")
-        if out.returncode != 0:
-            raise BuildError(apt_failure(out.text), file=shown(ctx), key="packages")
-        return inst, _stanzas(out.full_text())
+    ch = Chroot(root, ctx.workdir, log=ctx.log, overlay=overlay)
+    try:
+        with ch:
+            return _resolve_with(ctx, ch, overlay=overlay is not None)
+    finally:
+        ctx.program_seconds += ch.seconds
+
+
+def _resolve_with(ctx: Context, ch: Chroot, *, overlay: bool):
+    s: Settings = ctx.layer.spec  # type: ignore[assignment]
+    out = ch.run(["apt-get", "--error-on=any", "update"], network=True, what="update")
+    if overlay and out.returncode == 97 and OVERLAY_UNAVAILABLE in out.text:
+        return None
+    failure = update_failure(out.text)
+    if out.returncode != 0 or failure:
+        raise BuildError(failure or apt_failure(out.text), file=shown(ctx), key="sources" if s.sources else None)
+    out = ch.run(["apt-get", "-s", "-y", *_apt_opts(s), "install", *s.packages], what="simulate")
+    if out.returncode != 0:
+        raise BuildError(apt_failure(out.text), file=shown(ctx), key="packages")
+    inst = parse_simulation(out.full_text())
+    if not inst:
+        return [], {}
+    out = ch.run(["apt-cache", "show", *(f"{n}={v}" for n, v, _ in inst)], what="show")
+    if out.returncode != 0:
+        raise BuildError(apt_failure(out.text), file=shown(ctx), key="packages")
+    return inst, _stanzas(out.full_text())
 
 
 def _stanzas(text: str) -> dict[tuple[str, str, str], dict[str, str]]:

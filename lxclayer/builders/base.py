@@ -7,6 +7,7 @@ from pathlib import Path
 from ..definitions import Layer, Project
 from ..lock.model import Artifact
 from ..manifest import Entry, merge
+from ..snapshots import Policy
 from ..store import LayerEntry, Store
 
 # Artifacts a layer installs, by group ("packages", "wheels", "tools", "tarballs") and name.
@@ -24,6 +25,10 @@ class Context:
     offline: bool = False
     locked: bool = False
     log: Callable[[str], None] = lambda msg: None
+    # Run programs on an overlay of the snapshots of the layers below (see lxclayer.snapshots).
+    snapshots: Policy = field(default_factory=Policy)
+    program_seconds: float = 0.0  # time spent in the programs the builder ran
+    input: str = ""  # the layer's input digest, once known (names its snapshot)
     _lower: list[Entry] | None = field(default=None, repr=False)
 
     @property

@@ -32,7 +32,15 @@ from ..debian.apt import (
 )
 from ..debian.chroot import run_isolated, sweep, terminate_as_exit
 from ..debian.fetch import deb_urls, fetch_all
-from ..debian.layer import check_installed, installed, require_root, require_tool, scan_base, shown
+from ..debian.layer import (
+    check_installed,
+    installed,
+    keep_as_snapshot,
+    require_root,
+    require_tool,
+    scan_base,
+    shown,
+)
 from ..debian.normalise import normalise
 from ..debian.repo import make_repo
 from ..errors import BuildError
@@ -185,6 +193,7 @@ def realise(ctx: Context) -> Result:
             out = run_isolated(setup, argv, env=env, network=False, log=ctx.log,
                                log_file=ctx.workdir / "mmdebstrap.log")
     finally:
+        ctx.program_seconds += time.monotonic() - t
         sweep(ctx.workdir, ctx.log)
         try:
             os.rmdir(inside)
@@ -201,6 +210,7 @@ def realise(ctx: Context) -> Result:
     (target / "etc/apt/sources.list").write_text("".join(ln + "\n" for ln in lines))
     normalise(target, source_date_epoch=sde, log=ctx.log, base=True)
     entries = scan_base(ctx, target)
+    keep_as_snapshot(ctx, entries, target)
     return Result(entries=entries, artifacts={"packages": pinned})
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
+import stat
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,15 +107,17 @@ def run_isolated(
     log: Callable[[str], None] = lambda m: None,
     stdin: bytes | None = None,
     keep: int = 400,
+    enter: list[str] | None = None,
 ) -> Output:
     """Run `setup` (shell) and then exec `argv`, in fresh mount, pid and UTS namespaces (and a
     network namespace of its own unless `network`), with the process state of
     :mod:`lxclayer.hermetic`: `env` is added to its fixed environment, and the caller's proxy
-    variables are passed only when `network` is on."""
+    variables are passed only when `network` is on. `enter` is an argv prefix that puts the
+    program in another mount namespace first (see :attr:`lxclayer.overlay.StackMount.enter`)."""
     # A private UTS namespace too: maintainer scripts that read the host name (for /etc/mailname,
     # certificates...) see "localhost", not the build machine's name.
     script = "set -e\nhostname localhost\n" + setup + "\nexec " + shlex.join(argv) + "\n"
-    cmd = ["unshare", "--mount", "--propagation", "private", "--uts", "--pid", "--fork", "--kill-child",
+    cmd = [*(enter or []), "unshare", "--mount", "--propagation", "private", "--uts", "--pid", "--fork", "--kill-child",
            "--mount-proc"]
     if not network:
         cmd.append("--net")
@@ -189,6 +194,11 @@ class Chroot:
     # With a folder here, every run sees `root` through an overlay whose upper layer is in that
     # folder: `root` itself is not changed (used to resolve in the tree a build then reuses).
     overlay: Path | None = None
+    # On a snapshot overlay (lxclayer.overlay.StackMount): `root` is its `view`, programs run
+    # after `enter` and see the tree at `run_root`; nothing is mounted in this namespace.
+    enter: list[str] = field(default_factory=list)
+    run_root: Path | None = None
+    seconds: float = 0.0  # time spent in the programs run
     _saved: dict[str, Path | None] = field(default_factory=dict)
     _made: list[Path] = field(default_factory=list)
     _n: int = 0
@@ -205,7 +215,8 @@ class Chroot:
 
     def __exit__(self, *exc) -> None:
         try:
-            sweep(self.root, self.log)
+            if not self.enter:
+                sweep(self.root, self.log)
         finally:
             self._restore()
 
@@ -216,7 +227,11 @@ class Chroot:
             return
         if os.path.lexists(p):
             dest = self.workdir / f"saved-{len(self._saved)}"
-            os.rename(p, dest)
+            if self.enter:  # another file system: a copy with the same bytes and attributes
+                _copy_entry(p, dest)
+                os.unlink(p)
+            else:
+                os.rename(p, dest)
             self._saved[rel] = dest
         else:
             self._saved[rel] = None
@@ -272,13 +287,15 @@ class Chroot:
             p = self.root / rel
             with contextlib.suppress(FileNotFoundError):
                 if p.is_dir() and not p.is_symlink():
-                    import shutil
-
                     shutil.rmtree(p)
                 else:
                     p.unlink()
             if saved is not None:
-                os.rename(saved, p)
+                if self.enter:
+                    _copy_entry(saved, p)
+                    os.unlink(saved)
+                else:
+                    os.rename(saved, p)
         self._saved.clear()
 
     # --- running ----------------------------------------------------------------------------
@@ -301,7 +318,7 @@ class Chroot:
     ) -> Output:
         """Run `argv` in the chroot. Does not raise on failure: check `returncode`."""
         self._n += 1
-        setup = f"R={shlex.quote(str(self.root))}\n"
+        setup = f"R={shlex.quote(str(self.run_root or self.root))}\n"
         if self.overlay is not None:
             ov = shlex.quote(str(self.overlay))
             setup += (f"mkdir -p {ov}/upper {ov}/work\n"
@@ -309,14 +326,37 @@ class Chroot:
                       f" || {{ echo '{OVERLAY_UNAVAILABLE}'; exit 97; }}\n")
         setup += DEV_SETUP
         for b in self.binds:
-            target = shlex.quote(str(self.root / b.inside.lstrip("/")))
+            target = shlex.quote(str((self.run_root or self.root) / b.inside.lstrip("/")))
             setup += f"mount --bind {shlex.quote(str(b.host))} {target}\n"
             if b.readonly:
                 setup += f"mount -o remount,bind,ro {target}\n"
         log_file = self.workdir / f"chroot-{self._n}-{what or 'run'}.log"
         if not Path("/usr/sbin/chroot").exists():
             raise BuildError("chroot (coreutils) is not installed")
-        return run_isolated(
-            setup, ["/usr/sbin/chroot", str(self.root), *argv], env=self.env(env), network=network,
-            log_file=log_file, log=self.log, stdin=stdin,
-        )
+        t = time.monotonic()
+        try:
+            return run_isolated(
+                setup, ["/usr/sbin/chroot", str(self.run_root or self.root), *argv], env=self.env(env),
+                network=network, log_file=log_file, log=self.log, stdin=stdin, enter=self.enter,
+            )
+        finally:
+            self.seconds += time.monotonic() - t
+
+
+def _copy_entry(src: Path, dest: Path) -> None:
+    """Copy a file or symlink with its owner, mode, xattrs (but overlayfs's own) and mtime."""
+    st = os.lstat(src)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dest)
+    elif stat.S_ISREG(st.st_mode):
+        with open(src, "rb") as fi, open(dest, "xb") as fo:
+            shutil.copyfileobj(fi, fo, 1 << 20)
+    else:
+        raise BuildError(f"{src.name} in the build's root is a {stat.filemode(st.st_mode)[0]}, not a file or a link")
+    os.chown(dest, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dest, stat.S_IMODE(st.st_mode))
+        for name in os.listxattr(src, follow_symlinks=False):
+            if not name.startswith("trusted.overlay."):
+                os.setxattr(dest, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

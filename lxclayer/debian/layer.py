@@ -3,20 +3,26 @@ the difference a program makes to a chroot of the stack below."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 
-from .. import hermetic
+from .. import hermetic, snapshots
 from ..builders.base import Context
 from ..definitions import rel
+from ..digest import digest
 from ..errors import BuildError
 from ..lock.model import Artifact
 from ..manifest import Entry, diff, sorted_entries
+from ..overlay import OverlayUnavailable, StackMount
 from ..scan import scan_dir
+from ..snapshots import upper_changes
 from .chroot import Bind, Chroot, terminate_as_exit
 from .deb822 import paragraphs
 from .normalise import normalise
@@ -146,25 +152,100 @@ def build_in_chroot(
     *,
     binds: list[Bind] | None = None,
 ) -> list[Entry]:
-    """Materialise the stack below, run `work` in a chroot of it, normalise, and return the
-    difference to the stack below (changed and added entries, whiteouts)."""
+    """Run `work` in a chroot of the stack below, normalise, and return the difference to the
+    stack below (changed and added entries, whiteouts).
+
+    On snapshots (the default): the chroot is an overlay of the snapshots of the layers below
+    with a new upper directory, and the difference is read from that directory alone. Otherwise
+    (``--snapshots=off``, or no overlayfs here): the stack below is materialised into a folder
+    and the whole result is scanned."""
     if not ctx.below:
         raise BuildError(f"a {ctx.layer.kind} layer needs a Debian root file system below it",
                          file=shown(ctx))
-    root = ctx.workdir / "root"
     pristine = ctx.workdir / PRISTINE
+    if not pristine.exists() and ctx.snapshots.enabled:
+        try:
+            with on_snapshots(ctx, "build") as mount:
+                base = layer_tree({e.path: e for e in ctx.lower_tree()})
+                with chroot_on(ctx, mount, binds or []) as ch:
+                    work(ch)
+                normalise(mount.view, source_date_epoch=ctx.source_date_epoch, log=ctx.log,
+                          pycs_under=mount.upper)
+            new = layer_tree(upper_changes(mount.upper, base, ctx.store, mtime_clamp=ctx.source_date_epoch))
+            entries = sorted_entries(diff(base, new))
+            keep_as_snapshot(ctx, entries, mount.upper)
+            return entries
+        except OverlayUnavailable as e:
+            ctx.snapshots.off(f"overlayfs cannot be mounted here: {e}")
+    ctx.snapshots.tell()
+    root = ctx.workdir / "root"
     if pristine.exists():  # materialised by resolve(), which left it untouched (see Chroot.overlay)
         pristine.unlink()
         base = layer_tree({e.path: e for e in ctx.lower_tree()})
     else:
         ctx.log("materialising the layers below")
         base = layer_tree(ctx.materialise_below(root))
-    with terminate_as_exit(), Chroot(root, ctx.workdir, binds or [], log=ctx.log,
-                                     source_date_epoch=ctx.source_date_epoch) as ch:
-        work(ch)
+    ch = Chroot(root, ctx.workdir, binds or [], log=ctx.log, source_date_epoch=ctx.source_date_epoch)
+    try:
+        with terminate_as_exit(), ch:
+            work(ch)
+    finally:
+        ctx.program_seconds += ch.seconds
     normalise(root, source_date_epoch=ctx.source_date_epoch, log=ctx.log)
     new = layer_tree(scan_dir(root, ctx.store, mtime_clamp=ctx.source_date_epoch))
     return sorted_entries(diff(base, new))
+
+
+def keep_as_snapshot(ctx: Context, entries: list[Entry], tree: Path) -> None:
+    """Move `tree` (an upper directory, or a whole root file system for a base layer) into
+    place as the new layer's snapshot, so that no layer above has to make it from the store."""
+    if not ctx.input or not ctx.snapshots.enabled:
+        return
+    t = time.monotonic()
+    try:
+        snapshots.adopt(ctx.store, ctx.input, digest(entries), tree, mtime=ctx.source_date_epoch)
+        ctx.log(f"kept as its snapshot ({time.monotonic() - t:.1f} s)")
+    except OSError as e:  # made from the store entry when needed
+        ctx.log(f"not kept as its snapshot: {e.strerror or e}")
+
+
+def snapshot_lowers(ctx: Context) -> list[Path]:
+    """The verified snapshots of the layers below, top first (each made or made again from its
+    store entry when missing or changed)."""
+    stack = [e.entries for e in ctx.below]
+    roots = []
+    for i, entry in enumerate(ctx.below):
+        roots.append(snapshots.ensure(
+            ctx.store, entry.input, entry.output, lambda e=entry: e.entries,
+            functools.partial(snapshots.lookup_below, stack[:i]), mtime=ctx.source_date_epoch, log=ctx.log))
+    return roots[::-1]
+
+
+@contextlib.contextmanager
+def on_snapshots(ctx: Context, tag: str) -> Iterator[StackMount]:
+    """An overlay of the snapshots below with a new upper directory in `<workdir>/<tag>/`,
+    mounted only in a private namespace and gone afterwards. OverlayUnavailable if it cannot be
+    mounted here."""
+    t = time.monotonic()
+    lowers = snapshot_lowers(ctx)
+    d = ctx.workdir / tag
+    d.mkdir()
+    mount = StackMount(snapshots.snapshots_dir(ctx.store), lowers, d / "upper", d / "work", d / "root")
+    with terminate_as_exit(), mount:
+        ctx.log(f"on {len(lowers)} snapshots ({time.monotonic() - t:.1f} s to check or make them)")
+        yield mount
+
+
+@contextlib.contextmanager
+def chroot_on(ctx: Context, mount: StackMount, binds: list[Bind]) -> Iterator[Chroot]:
+    """A Chroot of the merged tree of `mount`; its programs' time is added to the layer's."""
+    ch = Chroot(mount.view, mount.upper.parent, binds, log=ctx.log, source_date_epoch=ctx.source_date_epoch,
+                enter=mount.enter, run_root=mount.mountpoint)
+    try:
+        with ch:
+            yield ch
+    finally:
+        ctx.program_seconds += ch.seconds
 
 
 def scan_base(ctx: Context, root: Path) -> list[Entry]:

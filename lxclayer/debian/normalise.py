@@ -111,12 +111,17 @@ def normalise(
     source_date_epoch: int,
     log: Callable[[str], None] = lambda m: None,
     base: bool = False,
+    pycs_under: Path | None = None,
 ) -> list[str]:
     """Clean `root` in place; returns the paths it removed or changed (for the build log).
 
     `base`: the root file system was just made from nothing (mmdebstrap), so the files that
     mmdebstrap copies from the host are set to fixed contents; layers above restore the ones
-    of the layers below instead (see :class:`lxclayer.debian.chroot.Chroot`)."""
+    of the layers below instead (see :class:`lxclayer.debian.chroot.Chroot`).
+
+    `pycs_under`: `root` is an overlay and this is its upper directory; only the byte-code
+    files in it can need fixing (those below were fixed with their layer, and their sources'
+    mtimes are clamped already), so only it is walked to find them."""
     done: list[str] = []
 
     def rel(p: Path) -> str:
@@ -183,7 +188,7 @@ def normalise(
             if _real_dir(p) and os.geteuid() == 0 and (p.stat().st_uid, p.stat().st_gid) != (0, 0):
                 os.chown(p, 0, 0)
                 done.append(name)
-    done += fix_pycs(root, source_date_epoch)
+    done += fix_pycs(root, source_date_epoch, walk=pycs_under)
     if done:
         log(f"normalised {len(done)} paths")
     return done
@@ -212,21 +217,24 @@ def _postgresql_clusters(root: Path) -> list[str]:
     return out
 
 
-def fix_pycs(root: Path, source_date_epoch: int) -> list[str]:
+def fix_pycs(root: Path, source_date_epoch: int, walk: Path | None = None) -> list[str]:
     """Timestamp-based .pyc files record their source's mtime; the archive clamps that mtime to
-    SOURCE_DATE_EPOCH, so record the clamped value too (hash-based .pyc files need nothing)."""
+    SOURCE_DATE_EPOCH, so record the clamped value too (hash-based .pyc files need nothing).
+    Looks for them in `walk` (a folder whose paths are those of `root`), by default `root`."""
     out = []
-    skip = {root / "proc", root / "sys", root / "dev"}
-    for dirpath, dirs, files in os.walk(root):
-        dp = Path(dirpath)
-        if dp in skip:
+    walk = walk or root
+    skip = {walk / "proc", walk / "sys", walk / "dev"}
+    for dirpath, dirs, files in os.walk(walk):
+        wp = Path(dirpath)
+        if wp in skip:
             dirs[:] = []
             continue
-        if dp.name != "__pycache__":
+        if wp.name != "__pycache__":
             continue
+        dp = root / wp.relative_to(walk)
         for f in files:
-            if not f.endswith(".pyc"):
-                continue
+            if not f.endswith(".pyc") or (walk != root and not stat.S_ISREG(os.lstat(wp / f).st_mode)):
+                continue  # (in an upper directory, a char device is a deleted file)
             p = dp / f
             stem = f.split(".", 1)[0]
             src = dp.parent / f"{stem}.py"
