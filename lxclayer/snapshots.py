@@ -147,16 +147,7 @@ def make(store: Store, input_digest: str, output: str, entries: list[Entry],
                 os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
         for e in (e for e in reversed(tree) if e.type == "dir"):  # mknod changed parents' mtimes
             os.utime(root / e.path, (e.mtime, e.mtime), follow_symlinks=False)
-        os.utime(root, (mtime, mtime))
-        index = Index(output=output, paths=take_index(root))
-        (tmp / INDEX).write_bytes(_index_enc.encode(index))
-        final = snapshot_dir(store, input_digest)
-        try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            rmtree(tmp)  # made meanwhile by another build, which may be using it: keep that one
+        final = _publish(store, input_digest, output, tmp, mtime)
     except OSError as e:
         rmtree(tmp)
         raise BuildError(f"cannot make the snapshot of layer {input_digest[:16]}: {e.strerror or e}") from None
@@ -164,6 +155,22 @@ def make(store: Store, input_digest: str, output: str, entries: list[Entry],
         rmtree(tmp)
         raise
     return final / ROOT
+
+
+def _publish(store: Store, input_digest: str, output: str, tmp: Path, mtime: int) -> Path:
+    """Index the snapshot made in `tmp` and rename it into place; the snapshot's folder. One
+    made meanwhile by another build (which may be using it) is kept, and `tmp` removed."""
+    root = tmp / ROOT
+    os.utime(root, (mtime, mtime))
+    (tmp / INDEX).write_bytes(_index_enc.encode(Index(output=output, paths=take_index(root))))
+    final = snapshot_dir(store, input_digest)
+    try:
+        os.rename(tmp, final)
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        rmtree(tmp)
+    return final
 
 
 def adopt(store: Store, input_digest: str, output: str, upper: Path, *, mtime: int) -> Path:
@@ -197,16 +204,7 @@ def adopt(store: Store, input_digest: str, output: str, upper: Path, *, mtime: i
                             os.removexattr(p, x, follow_symlinks=False)
                 if st.st_mtime_ns > mtime * 1_000_000_000:
                     os.utime(p, (mtime, mtime), follow_symlinks=False)
-        os.utime(root, (mtime, mtime))
-        (tmp / INDEX).write_bytes(_index_enc.encode(Index(output=output, paths=take_index(root))))
-        final = snapshot_dir(store, input_digest)
-        try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            rmtree(tmp)
-        return final / ROOT
+        return _publish(store, input_digest, output, tmp, mtime) / ROOT
     except BaseException:
         rmtree(tmp)
         raise
