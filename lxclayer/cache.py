@@ -95,7 +95,8 @@ class Cache:
     def where(self) -> str:
         return self.settings.url
 
-    def _cache(self) -> RegistryCache | None:
+    def backend(self) -> RegistryCache | None:
+        """The registry cache, opened on first use; None once it was given up."""
         if self.stats.unavailable:
             return None
         if self._backend is None:
@@ -122,7 +123,7 @@ class Cache:
                    want_output: str | None) -> Pulled | None:
         """The cached entry for `input_digest`, checked, its files already in `store`; None when
         the cache has none, is unavailable, or its entry is refused (said in one line)."""
-        backend = self._cache()
+        backend = self.backend()
         if backend is None:
             return None
         try:
@@ -157,7 +158,7 @@ class Cache:
         """Push every entry the cache lacks (push mode only, unless `force`)."""
         if not (self.settings.push or force):
             return
-        backend = self._cache()
+        backend = self.backend()
         for name, entry in named:
             if backend is None:
                 return
@@ -171,7 +172,7 @@ class Cache:
     # --- outputs ----------------------------------------------------------------------------
 
     def fetch_outputs(self, key: str, store: Store) -> list[str]:
-        backend = self._cache()
+        backend = self.backend()
         if backend is None:
             return []
         try:
@@ -191,7 +192,7 @@ class Cache:
         asked for only when the cache lacks them)."""
         if not (self.settings.push or force):
             return
-        backend = self._cache()
+        backend = self.backend()
         if backend is None:
             return
         try:
@@ -240,7 +241,7 @@ def push_lock(cache: Cache, lock: Lockfile, store: Store) -> list[str]:
 def status(cache: Cache, lock: Lockfile, *, outputs_too: bool = False) -> list[LayerStatus]:
     """Which of the lock's layers the cache has (one tag listing); with `outputs_too`, the
     output digest each present entry claims. Raises RegistryError: the caller asked for it."""
-    backend = cache._cache()
+    backend = cache.backend()
     if backend is None:
         raise RegistryUnavailable(f"cache {cache.where} unavailable: {cache.stats.unavailable}")
     from .store.registry import layer_tag

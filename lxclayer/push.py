@@ -52,48 +52,30 @@ def push(project: Project, store: Store, ref_text: str, *, auth_file: str | None
     sbom = spdx_document(lock)  # the lock alone: the same bytes as dist/'s SBOM
     with client_for(ref, auth_file=auth_file, ca_file=ca_file, insecure=insecure) as client:
         client.ping()
-        config, manifest = _documents(layout)
+        # HEAD each blob once; only the missing layers are copied out of the layout and sent
+        wanted = [layout.manifest.config.digest, *layout.blobs]
+        missing = [d for d in wanted if not client.blob_exists(d)]
         with store.staging("push") as tmp:
-            layers = _extract_layers(layout, tmp)
-            present = [client.blob_exists(d) for d in [layout.manifest.config.digest, *layers]]
-            client.push_blobs([config, *layers.values()])
-        image = client.put_manifest(tag, manifest, oci.MANIFEST)
-        sbom_digest = _push_sbom(client, sbom, sbom_filename(lock), image, len(manifest))
+            sources = [layout.config_bytes if d == layout.manifest.config.digest else _extract_layer(layout, d, tmp)
+                       for d in missing]
+            client.push_blobs(sources)
+        image = client.put_manifest(tag, layout.manifest_bytes, oci.MANIFEST)
+        sbom_digest = _push_sbom(client, sbom, sbom_filename(lock), image, len(layout.manifest_bytes))
     return PushResult(reference=f"{ref.registry}/{ref.repository}:{tag}", digest=image,
-                      blobs=len(present), sent=present.count(False), sbom=sbom_digest)
+                      blobs=len(wanted), sent=len(missing), sbom=sbom_digest)
 
 
-def _documents(layout: Layout) -> tuple[bytes, bytes]:
-    """The config and manifest bytes exactly as the image layout holds them."""
-    import tarfile
-
-    with tarfile.open(layout.path, "r:") as tf:
-        def blob(digest: str) -> bytes:
-            f = tf.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
-            assert f is not None
-            return f.read()
-
-        return blob(layout.manifest.config.digest), blob(layout.manifest_digest)
-
-
-def _extract_layers(layout: Layout, tmp: Path) -> dict[str, Path]:
-    """Each layer blob of the layout as a file (digest -> path), checked against its digest."""
-    out: dict[str, Path] = {}
-    with open(layout.path, "rb") as f:
-        for digest, (offset, size) in layout.blobs.items():
-            path = tmp / digest.removeprefix("sha256:")
-            h = hashlib.sha256()
-            f.seek(offset)
-            left = size
-            with open(path, "wb") as w:
-                while left > 0 and (data := f.read(min(left, 1 << 20))):
-                    h.update(data)
-                    w.write(data)
-                    left -= len(data)
-            if "sha256:" + h.hexdigest() != digest:
-                raise UserError(f"{layout.path}: layer blob {digest} does not match its digest")
-            out[digest] = path
-    return out
+def _extract_layer(layout: Layout, digest: str, tmp: Path) -> Path:
+    """Layer blob `digest` of the layout as a file, checked against its digest."""
+    path = tmp / digest.removeprefix("sha256:")
+    h = hashlib.sha256()
+    with open(layout.path, "rb") as f, open(path, "wb") as w:
+        for data in layout.blob(f, digest).chunks():
+            h.update(data)
+            w.write(data)
+    if "sha256:" + h.hexdigest() != digest:
+        raise UserError(f"{layout.path}: layer blob {digest} does not match its digest")
+    return path
 
 
 def _push_sbom(client, sbom: bytes, filename: str, image: str, image_size: int) -> str:

@@ -119,6 +119,11 @@ def unpack(archive: Path, root: Path) -> float:
             returncode, stderr = proc.returncode, proc.stderr
     if returncode != 0:
         raise ArchiveError(failure_message(archive, returncode, stderr), file=str(archive))
+    return _tar_total(stderr)
+
+
+def _tar_total(stderr: str) -> float:
+    """The bytes tar read, from its `--totals` line (0 when absent)."""
     for line in stderr.splitlines():
         if line.startswith("Total bytes read:"):
             try:
@@ -233,21 +238,6 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-class _Slice:
-    """A file-like view of `size` bytes of `f` from `offset` (a blob inside the layout tar)."""
-
-    def __init__(self, f, offset: int, size: int):
-        self.f, self.left = f, size
-        f.seek(offset)
-
-    def read(self, n: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        data = self.f.read(self.left if n is None or n < 0 else min(n, self.left))
-        self.left -= len(data)
-        return data
-
-
 def unpack_oci(archive: Path, root: Path) -> float:
     """Unpack an OCI image layout tar the way PVE 9.1 does: the first manifest of index.json,
     its layers in `rootfs.diff_ids` order, each layer's whiteouts applied before it is
@@ -263,15 +253,13 @@ def unpack_oci(archive: Path, root: Path) -> float:
             flags = OCI_LAYERS.get(d.media_type)
             if flags is None:
                 continue  # PVE applies only tar layers
-            offset, size = layout.blobs[d.digest]
-            _apply_whiteouts(_Slice(f, offset, size), flags, root, archive)
+            _apply_whiteouts(layout.blob(f, d.digest), flags, root, archive)
             with tempfile.TemporaryFile() as err:
                 proc = subprocess.Popen(oci_layer_command(root, flags), stdin=subprocess.PIPE,
                                         stdout=subprocess.DEVNULL, stderr=err)
                 assert proc.stdin is not None
-                src = _Slice(f, offset, size)
                 try:
-                    while data := src.read(1 << 20):
+                    for data in layout.blob(f, d.digest).chunks():
                         proc.stdin.write(data)
                 except BrokenPipeError:
                     pass
@@ -283,8 +271,5 @@ def unpack_oci(archive: Path, root: Path) -> float:
                 stderr = err.read().decode(errors="replace")
             if code != 0:
                 raise ArchiveError(f"layer {d.digest}: " + failure_message(archive, code, stderr), file=str(archive))
-            for line in stderr.splitlines():
-                if line.startswith("Total bytes read:"):
-                    with contextlib.suppress(ValueError, IndexError):
-                        total += float(line.split(":", 1)[1].split()[0])
+            total += _tar_total(stderr)
     return total

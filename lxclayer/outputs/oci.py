@@ -29,7 +29,9 @@ import contextlib
 import datetime
 import hashlib
 import os
+import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -328,6 +330,32 @@ class Layout:
     manifest: Manifest
     config: ImageConfig
     blobs: dict[str, tuple[int, int]]
+    manifest_bytes: bytes = b""  # the documents as stored (a push sends them unchanged)
+    config_bytes: bytes = b""
+
+    def blob(self, f, digest: str) -> BlobSlice:
+        """A reader of layer blob `digest` inside the open layout file `f`."""
+        offset, size = self.blobs[digest]
+        return BlobSlice(f, offset, size)
+
+
+class BlobSlice:
+    """A file-like view of `size` bytes of `f` from `offset` (a blob inside the layout tar)."""
+
+    def __init__(self, f, offset: int, size: int):
+        self.f, self.left = f, size
+        f.seek(offset)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.f.read(self.left if n is None or n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        while data := self.read(size):
+            yield data
 
 
 _manifest_dec = msgspec.json.Decoder(Manifest)
@@ -341,8 +369,6 @@ def read_layout(path: Path) -> Layout:
     `oci-layout`, `index.json` and `blobs/...`; the first index entry an image manifest; the
     config's media type; every document's digest. Layer blobs are located, not read.
     Raises ArchiveError naming the file and the rule."""
-    import tarfile
-
     def bad(why: str) -> ArchiveError:
         return ArchiveError(f"not an OCI image as Proxmox VE 9.1 reads it: {why}", file=str(path))
 
@@ -375,10 +401,12 @@ def read_layout(path: Path) -> Layout:
             if not index.manifests or index.manifests[0].media_type != MANIFEST:
                 raise bad(f"the first index.json entry is not an image manifest ({MANIFEST})")
             mdesc = index.manifests[0]
-            manifest = _manifest_dec.decode(blob(mdesc))
+            manifest_bytes = blob(mdesc)
+            manifest = _manifest_dec.decode(manifest_bytes)
             if manifest.config.media_type != CONFIG:
                 raise bad(f"the config's media type is {manifest.config.media_type!r}, not {CONFIG}")
-            config = _config_dec.decode(blob(manifest.config))
+            config_bytes = blob(manifest.config)
+            config = _config_dec.decode(config_bytes)
         except msgspec.DecodeError as e:
             raise bad(f"a document does not decode: {e}") from None
         if len(config.rootfs.diff_ids) != len(manifest.layers):
@@ -389,7 +417,8 @@ def read_layout(path: Path) -> Layout:
             if m is None or not m.isfile() or m.size != d.size:
                 raise bad(f"layer blob {d.digest} is missing or has the wrong size")
             blobs[d.digest] = (m.offset_data, m.size)
-    return Layout(path=path, manifest_digest=mdesc.digest, manifest=manifest, config=config, blobs=blobs)
+    return Layout(path=path, manifest_digest=mdesc.digest, manifest=manifest, config=config, blobs=blobs,
+                  manifest_bytes=manifest_bytes, config_bytes=config_bytes)
 
 
 # --- the exporter -----------------------------------------------------------------------------
@@ -410,8 +439,6 @@ class OciImage(Exporter):
         return digest({"fmt": FORMAT, "compressor": compressor_id(), "lock": lock_digest})
 
     def export(self, job: ExportJob) -> ArchiveInfo:
-        import time
-
         t = job.template
         path = job.out_dir / self.filename(t)
         assert job.lock is not None, "an image is labelled with its stack's lock"
@@ -457,13 +484,10 @@ class OciImage(Exporter):
             return [Violation(path=path.name, rule="oci-layout", message=e.message())]
         out = []
         with open(path, "rb") as f:
-            for d, (offset, size) in layout.blobs.items():
-                f.seek(offset)
+            for d in layout.blobs:
                 h = hashlib.sha256()
-                left = size
-                while left > 0 and (data := f.read(min(left, 1 << 20))):
+                for data in layout.blob(f, d).chunks():
                     h.update(data)
-                    left -= len(data)
                 if "sha256:" + h.hexdigest() != d:
                     out.append(Violation(path=f"blobs/sha256/{d[7:]}", rule="oci-blob",
                                          message="the layer blob does not match its digest"))

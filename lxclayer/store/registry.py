@@ -21,6 +21,7 @@ digest against the lock) is the caller's decision: see :mod:`lxclayer.cache`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 import time
@@ -249,8 +250,6 @@ def _have(store: Store, d: oci.Descriptor) -> bool:
 
 
 def _desc(media_type: str, data: bytes, annotations: dict[str, str] | None = None) -> oci.Descriptor:
-    import hashlib
-
     return oci.Descriptor(media_type=media_type, digest="sha256:" + hashlib.sha256(data).hexdigest(),
                           size=len(data), annotations=annotations)
 
