@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from .e2e_support import unavailable
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,7 +93,7 @@ def test_gnu_tar_archive_of_a_real_tree_passes(tmp_path: Path) -> None:
     import subprocess
 
     if shutil.which("tar") is None:
-        pytest.skip("GNU tar not installed")
+        unavailable("GNU tar not installed")
     root = tmp_path / "root"
     (root / "etc" / "x").mkdir(parents=True)
     (root / "etc" / "x" / "a.conf").write_text("a\n")

@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from .e2e_support import unavailable
+
 from lxclayer.build import build
 from lxclayer.definitions import load_project
 from lxclayer.store import Store
@@ -24,7 +26,7 @@ PCT_FLAGS = ["--totals", "--one-file-system", "-p", "--sparse", "--numeric-owner
 @pytest.mark.parametrize("fmt,flag", [("tar.gz", "-z"), ("tar.zst", "--zstd")])
 def test_extracts_with_pct_flags(project_dir, store_dir, tmp_path, fmt, flag):
     if fmt == "tar.zst" and not shutil.which("zstd"):
-        pytest.skip("zstd is not installed")
+        unavailable("zstd is not installed")
     res = build(load_project(project_dir), Store(store_dir), formats=[fmt])
     archive = res.archives[0].path
     root = tmp_path / "rootfs"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .e2e_support import unavailable
+
 from lxclayer import snapshots
 from lxclayer.manifest import Entry, merge
 from lxclayer.scan import scan_dir
@@ -79,7 +81,7 @@ def _merged_scan(store: Store, lowers: list[Path], tmp: Path) -> dict[str, Entry
     """Mount the snapshots (top first) as a read-only overlay in a private mount namespace and
     scan the merged view there."""
     if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is not installed")
+        unavailable("unshare (util-linux) is not installed")
     mnt = tmp / "mnt"
     mnt.mkdir()
     code = (
@@ -98,7 +100,7 @@ def _merged_scan(store: Store, lowers: list[Path], tmp: Path) -> dict[str, Entry
         capture_output=True,
     )
     if p.returncode == 97:
-        pytest.skip(f"overlayfs is not available here: {p.stderr.decode().strip()}")
+        unavailable(f"overlayfs is not available here: {p.stderr.decode().strip()}")
     assert p.returncode == 0, p.stderr.decode()
     import msgspec
 
@@ -235,7 +237,7 @@ def test_scanning_the_upper_dir_alone_gives_the_same_layer_as_scanning_the_whole
     from lxclayer.manifest import diff, sorted_entries
 
     if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is not installed")
+        unavailable("unshare (util-linux) is not installed")
     bottom = [
         d("etc", mode=0o750, uid=7, gid=8), f(store, "etc/a", b"a\n"), f(store, "etc/gone", b"x"),
         d("opt"), d("opt/sub"), f(store, "opt/sub/x", b"x"), d("var"), d("var/lib"),
@@ -261,7 +263,7 @@ def test_scanning_the_upper_dir_alone_gives_the_same_layer_as_scanning_the_whole
         capture_output=True,
     )
     if p.returncode == 97:
-        pytest.skip(f"overlayfs is not available here: {p.stderr.decode().strip()}")
+        unavailable(f"overlayfs is not available here: {p.stderr.decode().strip()}")
     assert p.returncode == 0, p.stderr.decode()
     new = sorted_entries(diff(base, snapshots.upper_changes(upper, base, store, mtime_clamp=SDE)))
     assert new == old
@@ -296,7 +298,7 @@ def test_an_adopted_upper_dir_shows_the_same_tree_as_a_snapshot_made_from_the_en
     from lxclayer.manifest import diff, sorted_entries
 
     if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is not installed")
+        unavailable("unshare (util-linux) is not installed")
     bottom = [d("etc", mode=0o750, uid=7, gid=8), f(store, "etc/a", b"a\n"), f(store, "etc/gone", b"x"),
               d("opt"), d("opt/sub"), f(store, "opt/sub/x", b"x"), d("var"), d("var/lib"),
               f(store, "var/lib/y", b"y"), d("srv"), f(store, "srv/old", b"o"), d("usr"), d("dev")]
@@ -315,7 +317,7 @@ def test_an_adopted_upper_dir_shows_the_same_tree_as_a_snapshot_made_from_the_en
         capture_output=True,
     )
     if p.returncode == 97:
-        pytest.skip(f"overlayfs is not available here: {p.stderr.decode().strip()}")
+        unavailable(f"overlayfs is not available here: {p.stderr.decode().strip()}")
     assert p.returncode == 0, p.stderr.decode()
     from lxclayer.debian.layer import layer_tree
 
@@ -355,7 +357,7 @@ def test_an_overlay_that_cannot_be_mounted_is_overlay_unavailable_with_the_reaso
     from lxclayer.overlay import OverlayUnavailable, StackMount
 
     if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is not installed")
+        unavailable("unshare (util-linux) is not installed")
     m = StackMount(tmp_path, [tmp_path / "no-such-lower"], tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
     with pytest.raises(OverlayUnavailable) as e:
         m.__enter__()
@@ -372,7 +374,7 @@ def test_a_mounted_stack_is_seen_by_this_process_and_gone_afterwards(store, tmp_
     from lxclayer.overlay import StackMount
 
     if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-        pytest.skip("unshare/nsenter (util-linux) are not installed")
+        unavailable("unshare/nsenter (util-linux) are not installed")
     bottom, _ = stack(store)
     lower = snap(store, "b", bottom, lambda p: None)
     m = StackMount(snapshots.snapshots_dir(store), [lower], tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
