@@ -571,10 +571,15 @@ def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -
               help="CA certificates for the registry's HTTPS (default: the system's).")
 @click.option("--insecure", is_flag=True,
               help="Allow plain HTTP to a registry that is not on loopback.")
+@click.option("--sign-key", type=click.Path(dir_okay=False), default=None,
+              help="Sign the image with this ECDSA P-256 private key (PKCS#8 PEM; docs/signing.md).")
+@click.option("--sign-passphrase-file", type=click.Path(dir_okay=False), default=None,
+              help="File whose first line is the signing key's passphrase "
+                   "(default: $LXCLAYER_SIGN_PASSPHRASE_FILE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @per_template
 @click.pass_context
-def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
+def push(ctx, reference, auth_file, ca_file, insecure, sign_key, sign_passphrase_file, as_json) -> None:
     """Push the template's OCI image, with its SBOM attached, to a registry.
 
     REFERENCE is HOST[:PORT]/REPOSITORY[:TAG] (the tag defaults to VERSION-RELEASE). What is
@@ -591,14 +596,43 @@ def push(ctx, reference, auth_file, ca_file, insecure, as_json) -> None:
     from .push import push as run_push
 
     res = run_push(_project(ctx), _store(ctx), reference, auth_file=auth_file, ca_file=ca_file,
-                   insecure=insecure, events=Printer(quiet=as_json))
+                   insecure=insecure, events=Printer(quiet=as_json), sign_key=sign_key,
+                   passphrase_file=sign_passphrase_file)
     if as_json:
         click.echo(msgspec.json.encode({"reference": res.reference, "digest": res.digest, "blobs": res.blobs,
-                                        "sent": res.sent, "sbom": res.sbom}).decode())
+                                        "sent": res.sent, "sbom": res.sbom,
+                                        "signature": res.signature}).decode())
     else:
         click.echo(f"pushed {res.reference} ({res.sent} of {res.blobs} blobs sent)")
         click.echo(f"  image {res.reference.rsplit(':', 1)[0]}@{res.digest}")
+        if res.signature:
+            click.echo(f"  signature {res.signature} (tag sha256-{res.digest.removeprefix('sha256:')}.sig)")
         click.echo(f"  sbom  {res.sbom} (a referrer of the image)")
+
+
+@cli.group("key")
+def key_group() -> None:
+    """Signing keys for `push --sign-key` (docs/signing.md)."""
+
+
+@key_group.command("generate")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), default=None,
+              help="Encrypt the private key with the first line of this file "
+                   "(default: $LXCLAYER_SIGN_PASSPHRASE_FILE; none: unencrypted).")
+def key_generate(path, passphrase_file) -> None:
+    """Write a new ECDSA P-256 key pair: PATH (PKCS#8 PEM, mode 0600) and PATH.pub (the public
+    key, SubjectPublicKeyInfo PEM: what a node's policy.json `keyPath` names).
+
+    \b
+    Example:
+      lxclayer key generate ~/.config/lxclayer/release.key
+      lxclayer push registry.example.com/templates/stock-analysis --sign-key ~/.config/lxclayer/release.key
+    """
+    from .trust import keys
+
+    private, public = keys.generate(path, passphrase_file)
+    click.echo(f"wrote {private} (private, 0600) and {public} (public)")
 
 
 @cli.group("cache")

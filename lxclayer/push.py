@@ -34,12 +34,24 @@ class PushResult:
     blobs: int  # blobs the image has (config and layers)
     sent: int  # of which the registry lacked and were uploaded
     sbom: str  # the SBOM artifact manifest's digest
+    signature: str = ""  # the sigstore signature manifest's digest (tag sha256-<hex>.sig), if signed
 
 
 def push(project: Project, store: Store, ref_text: str, *, auth_file: str | None = None,
-         ca_file: str | None = None, insecure: bool = False, events: Events | None = None) -> PushResult:
+         ca_file: str | None = None, insecure: bool = False, events: Events | None = None,
+         sign_key: str | None = None, passphrase_file: str | None = None) -> PushResult:
     """Push the locked template's OCI image to `ref_text` (`HOST[:PORT]/REPO[:TAG]`; the tag
-    defaults to `<version>-<release>`), with its SBOM attached."""
+    defaults to `<version>-<release>`), with its SBOM attached.
+
+    With `sign_key` (an ECDSA P-256 PKCS#8 PEM file, see :mod:`.trust.keys`) the image is signed
+    (sigstore simple signing, tag `sha256-<hex>.sig`). Nothing is tagged until everything else is
+    in place: blobs, the manifest by digest, the signature, the attachments, and the tag last, so
+    a failure on the way leaves no unsigned image under the tag."""
+    key = None
+    if sign_key is not None:
+        from .trust import keys
+
+        key = keys.load_private(sign_key, passphrase_file, warn=(events or Events()).warn)
     lock = locktoml.read(project.lock_file)
     if lock is None:
         raise UserError(f"{project.lock_file}: no lock; run `lxclayer build` first (push sends what the lock pins)")
@@ -59,10 +71,17 @@ def push(project: Project, store: Store, ref_text: str, *, auth_file: str | None
             sources = [layout.config_bytes if d == layout.manifest.config.digest else _extract_layer(layout, d, tmp)
                        for d in missing]
             client.push_blobs(sources)
-        image = client.put_manifest(tag, layout.manifest_bytes, oci.MANIFEST)
+        digest = "sha256:" + hashlib.sha256(layout.manifest_bytes).hexdigest()
+        image = client.put_manifest(digest, layout.manifest_bytes, oci.MANIFEST)  # untagged yet
+        signature = ""
+        if key is not None:
+            from .trust import sigstore
+
+            signature = sigstore.attach(client, key, f"{ref.registry}/{ref.repository}", image)
         sbom_digest = _push_sbom(client, sbom, sbom_filename(lock), image, len(layout.manifest_bytes))
+        client.put_manifest(tag, layout.manifest_bytes, oci.MANIFEST)  # last: the tag
     return PushResult(reference=f"{ref.registry}/{ref.repository}:{tag}", digest=image,
-                      blobs=len(wanted), sent=len(missing), sbom=sbom_digest)
+                      blobs=len(wanted), sent=len(missing), sbom=sbom_digest, signature=signature)
 
 
 def _extract_layer(layout: Layout, digest: str, tmp: Path) -> Path:
