@@ -31,6 +31,7 @@ from .lock import toml as locktoml
 from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
 from .outputs import ArchiveInfo, ExportJob
+from .outputs.provenance import git_source, write_provenance
 from .outputs.sbom import write_sbom
 from .sources import StatCache, cache_for
 from .store import LayerEntry, LayerMeta, Store
@@ -60,6 +61,7 @@ class BuildResult:
     seconds: float
     sbom: Path | None = None  # the SPDX document written beside the archives
     cache: CacheStats | None = None  # what the shared cache gave and took, when one was used
+    provenance: Path | None = None  # the SLSA provenance statement written beside the archives
 
 
 class Events:
@@ -391,13 +393,17 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 shared.upload_outputs(outputs.cache_key(stack_lock, fmt),
                                       lambda fmt=fmt: outputs.kept(store, fmt, stack_lock, entries), store)
         wrote = False
+        new = _lock_from(project, entries, archives, lock)
         if write_lock and mode is Mode.NORMAL:
-            new = _lock_from(project, entries, archives, lock)
             if lock is None or locktoml.dumps(new) != locktoml.dumps(lock):
                 locktoml.write(lock_path, new)
                 wrote = True
+        # SLSA provenance of what this build made: after the lock is written, so that its git
+        # state (dirty or not) is the tree's as the build leaves it
+        prov = write_provenance(new, out_dir, git_source(project.root, exclude=[out_dir]))
     return BuildResult(layers=plans, archives=archives, lock_file=lock_path, lock_written=wrote,
-                       seconds=time.monotonic() - t0, sbom=sbom, cache=shared.stats if shared else None)
+                       seconds=time.monotonic() - t0, sbom=sbom, cache=shared.stats if shared else None,
+                       provenance=prov)
 
 
 def _checked_tree(entries: list[LayerEntry], mtime: int) -> Callable[[], list]:

@@ -601,13 +601,14 @@ def push(ctx, reference, auth_file, ca_file, insecure, sign_key, sign_passphrase
     if as_json:
         click.echo(msgspec.json.encode({"reference": res.reference, "digest": res.digest, "blobs": res.blobs,
                                         "sent": res.sent, "sbom": res.sbom,
-                                        "signature": res.signature}).decode())
+                                        "signature": res.signature, "provenance": res.provenance}).decode())
     else:
         click.echo(f"pushed {res.reference} ({res.sent} of {res.blobs} blobs sent)")
         click.echo(f"  image {res.reference.rsplit(':', 1)[0]}@{res.digest}")
         if res.signature:
             click.echo(f"  signature {res.signature} (tag sha256-{res.digest.removeprefix('sha256:')}.sig)")
         click.echo(f"  sbom  {res.sbom} (a referrer of the image)")
+        click.echo(f"  provenance {res.provenance} ({'signed, DSSE' if res.signature else 'unsigned'}; a referrer)")
 
 
 @cli.group("key")

@@ -18,6 +18,7 @@ import msgspec
 from .build import Events, Mode, build
 from .definitions import Project
 from .errors import UserError
+from .fsio import atomic_write
 from .lock import toml as locktoml
 from .outputs.oci import Layout, read_layout
 from .outputs.sbom import sbom_filename, spdx_document
@@ -35,6 +36,7 @@ class PushResult:
     sent: int  # of which the registry lacked and were uploaded
     sbom: str  # the SBOM artifact manifest's digest
     signature: str = ""  # the sigstore signature manifest's digest (tag sha256-<hex>.sig), if signed
+    provenance: str = ""  # the provenance artifact manifest's digest (a DSSE envelope when signed)
 
 
 def push(project: Project, store: Store, ref_text: str, *, auth_file: str | None = None,
@@ -79,9 +81,11 @@ def push(project: Project, store: Store, ref_text: str, *, auth_file: str | None
 
             signature = sigstore.attach(client, key, f"{ref.registry}/{ref.repository}", image)
         sbom_digest = _push_sbom(client, sbom, sbom_filename(lock), image, len(layout.manifest_bytes))
+        prov_digest = _push_provenance(client, res.provenance, key, image, len(layout.manifest_bytes))
         client.put_manifest(tag, layout.manifest_bytes, oci.MANIFEST)  # last: the tag
     return PushResult(reference=f"{ref.registry}/{ref.repository}:{tag}", digest=image,
-                      blobs=len(wanted), sent=len(missing), sbom=sbom_digest, signature=signature)
+                      blobs=len(wanted), sent=len(missing), sbom=sbom_digest, signature=signature,
+                      provenance=prov_digest)
 
 
 def _extract_layer(layout: Layout, digest: str, tmp: Path) -> Path:
@@ -101,15 +105,43 @@ def _push_sbom(client, sbom: bytes, filename: str, image: str, image_size: int) 
     """The SBOM as an OCI 1.1 artifact: the empty config, one layer (the SPDX JSON), `subject`
     the image. Uploaded by digest; the client keeps the fallback tag for registries without
     the referrers API."""
-    sbom_blob = "sha256:" + hashlib.sha256(sbom).hexdigest()
-    client.push_blobs([b"{}", sbom])
+    return _push_artifact(client, sbom, SBOM_TYPE, filename, image, image_size)
+
+
+def _push_artifact(client, data: bytes, media_type: str, filename: str, image: str, image_size: int,
+                   annotations: dict[str, str] | None = None) -> str:
+    """`data` as an OCI 1.1 artifact of type `media_type` whose subject is the image."""
+    blob = "sha256:" + hashlib.sha256(data).hexdigest()
+    client.push_blobs([b"{}", data])
+    notes = {"org.opencontainers.image.title": filename, **(annotations or {})}
     manifest = msgspec.json.encode(oci.Manifest(
-        artifact_type=SBOM_TYPE,
+        artifact_type=media_type,
         config=oci.Descriptor(media_type=oci.EMPTY, digest=oci.EMPTY_DIGEST, size=2),
-        layers=[oci.Descriptor(media_type=SBOM_TYPE, digest=sbom_blob, size=len(sbom),
-                               annotations={"org.opencontainers.image.title": filename})],
+        layers=[oci.Descriptor(media_type=media_type, digest=blob, size=len(data), annotations=notes)],
         subject=oci.Descriptor(media_type=oci.MANIFEST, digest=image, size=image_size),
-        annotations={"org.opencontainers.image.title": filename},
+        annotations=notes,
     ))
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     return client.put_manifest(digest, manifest, oci.MANIFEST)
+
+
+def _push_provenance(client, statement_path: Path, key, image: str, image_size: int) -> str:
+    """The build's SLSA provenance (dist/'s statement) as an artifact of the image: with a key,
+    a DSSE envelope signed with it (also written to dist/ as `<stem>.intoto.dsse.json`), else
+    the statement as it is."""
+    from .outputs.provenance import PREDICATE_TYPE
+    from .trust import dsse
+
+    statement = statement_path.read_bytes()
+    notes = {"in-toto.io/predicate-type": PREDICATE_TYPE}
+    if key is None:
+        return _push_artifact(client, statement, dsse.INTOTO_TYPE, statement_path.name, image, image_size, notes)
+    envelope = dsse.sign(key, statement)
+    signed = statement_path.with_name(envelope_filename(statement_path.name))
+    atomic_write(signed, envelope)
+    return _push_artifact(client, envelope, dsse.ENVELOPE_TYPE, signed.name, image, image_size, notes)
+
+
+def envelope_filename(statement_name: str) -> str:
+    """`X.intoto.json` -> `X.intoto.dsse.json`: the signed provenance beside the statement."""
+    return statement_name.removesuffix(".json") + ".dsse.json"

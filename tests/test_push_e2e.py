@@ -61,7 +61,8 @@ def test_push_sends_the_image_and_its_sbom_and_skopeo_finds_them(tmp_path, regis
     s = subprocess.run(["skopeo", "inspect", "--raw", *creds, fallback], capture_output=True, text=True)
     assert s.returncode == 0, s.stderr
     index = json.loads(s.stdout)
-    assert [(m["digest"], m["artifactType"]) for m in index["manifests"]] == [(res["sbom"], SBOM_TYPE)]
+    assert [(m["digest"], m["artifactType"]) for m in index["manifests"]] == [
+        (res["sbom"], SBOM_TYPE), (res["provenance"], "application/vnd.in-toto+json")]  # unsigned: the statement
     s = subprocess.run(["skopeo", "inspect", "--raw", *creds, f"docker://{ref}@{res['sbom']}"],
                        capture_output=True, text=True)
     assert s.returncode == 0, s.stderr
@@ -82,7 +83,7 @@ def test_push_sends_the_image_and_its_sbom_and_skopeo_finds_them(tmp_path, regis
     again = json.loads(r.stdout)
     assert again["sent"] == 0 and again["digest"] == res["digest"] and again["sbom"] == res["sbom"]
     s = subprocess.run(["skopeo", "inspect", "--raw", *creds, fallback], capture_output=True, text=True)
-    assert len(json.loads(s.stdout)["manifests"]) == 1
+    assert len(json.loads(s.stdout)["manifests"]) == 2
 
 
 def test_push_without_credentials_is_one_line_and_exit_1(tmp_path, registry):

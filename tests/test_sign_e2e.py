@@ -87,6 +87,7 @@ def test_skopeo_accepts_the_signed_image_and_refuses_unsigned_and_foreign(tmp_pa
     res = json.loads(r.stdout)
     assert res["signature"].startswith("sha256:")
     assert "correct horse" not in r.stdout + r.stderr
+    check_signed_provenance(tmp_path, proj, registry, f"{reg}/templates/signed", res, pub)
     trust = pve_node.trust(reg, "templates/signed", pub)
     ok, pulled = pve_node.pull(trust, f"{reg}/templates/signed:1.0-1", CREDS, pve=False)
     assert ok.returncode == 0, ok.stderr
@@ -138,6 +139,42 @@ def test_skopeo_accepts_the_signed_image_and_refuses_unsigned_and_foreign(tmp_pa
     layers = json.loads(raw.stdout)["layers"]
     assert [la["mediaType"] for la in layers] == ["application/vnd.dev.cosign.simplesigning.v1+json"]
     assert "dev.cosignproject.cosign/signature" in layers[0]["annotations"]
+
+
+def check_signed_provenance(tmp_path, proj, registry, repo_ref, res, pub):
+    """The DSSE envelope push wrote to dist/ and attached to the image verifies with the public
+    key (openssl, over the PAE), wraps dist/'s statement, and names the pushed image."""
+    dist = proj / "dist"
+    envelope = (dist / "test-tpl_1.0-1_amd64.intoto.dsse.json").read_bytes()
+    env = json.loads(envelope)
+    assert env["payloadType"] == "application/vnd.in-toto+json"
+    body = base64.b64decode(env["payload"])
+    assert body == (dist / "test-tpl_1.0-1_amd64.intoto.json").read_bytes()
+    pae = b"DSSEv1 %d %s %d %s" % (len(env["payloadType"]), env["payloadType"].encode(), len(body), body)
+    (tmp_path / "pae").write_bytes(pae)
+    (tmp_path / "sig").write_bytes(base64.b64decode(env["signatures"][0]["sig"]))
+    v = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature", str(tmp_path / "sig"),
+                        str(tmp_path / "pae")], capture_output=True, text=True)
+    assert v.returncode == 0 and "Verified OK" in v.stdout, v.stdout + v.stderr
+    (tmp_path / "pae").write_bytes(pae.replace(b"test-tpl", b"test-tpx", 1))  # one byte changed
+    v = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature", str(tmp_path / "sig"),
+                        str(tmp_path / "pae")], capture_output=True, text=True)
+    assert v.returncode != 0
+    statement = json.loads(body)
+    assert {"name": "test-tpl:1.0-1", "digest": {"sha256": res["digest"].removeprefix("sha256:")}} in statement[
+        "subject"]
+    # attached to the image, next to the SBOM (fallback tag: distribution 2.8 has no referrers API)
+    fallback = f"docker://{repo_ref}:sha256-{res['digest'].removeprefix('sha256:')}"
+    idx = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", CREDS, fallback],
+                         capture_output=True, text=True, check=True)
+    kinds = {m["artifactType"]: m["digest"] for m in json.loads(idx.stdout)["manifests"]}
+    assert kinds["application/vnd.dsse.envelope.v1+json"] == res["provenance"]
+    assert "application/spdx+json" in kinds
+    art = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", CREDS,
+                          f"docker://{repo_ref}@{res['provenance']}"], capture_output=True, text=True, check=True)
+    art = json.loads(art.stdout)
+    assert art["subject"]["digest"] == res["digest"]
+    assert registry.blob_file(art["layers"][0]["digest"]).read_bytes() == envelope
 
 
 def test_a_key_pair_from_key_generate_signs_what_skopeo_accepts(tmp_path, registry, auth, built, pve_node):
