@@ -427,18 +427,34 @@ def lock_diff(ctx, old, new, fmt, git_args, rest) -> None:
 @cli.command()
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the violations as JSON.")
-def check(archive, as_json) -> None:
+@click.option("--key", "key_file", type=click.Path(dir_okay=False), default=None,
+              help="Also check the signature by this ECDSA public key (PEM): of the signed provenance "
+                   "beside ARCHIVE, or of the image when ARCHIVE is HOST/REPO:TAG (docs/signing.md).")
+@click.option("--pgp-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also check ARCHIVE.asc, or the channel's SHA512SUMS.asc beside it, with sqv.")
+def check(archive, as_json, key_file, pgp_cert) -> None:
     """Check a template archive against the rules `pct create` relies on.
 
-    Exit 0: fine; 1: violations (each listed with its path); 2: unreadable.
+    Exit 0: fine; 1: violations (each listed with its path) or a bad signature; 2: unreadable.
 
     \b
     Example:
       lxclayer check dist/debian-12-stock-analysis_1.0.0-1_amd64.tar.gz
       lxclayer check /var/lib/vz/template/cache/debian-12-standard_12.12-1_amd64.tar.zst
+      lxclayer check channel/debian-13-stock-analysis_1.0.0-1_amd64.tar.gz --pgp-cert channel.cert
+      lxclayer check registry.example.com/templates/stock-analysis:1.0.0-1 --key release.pub
     """
     from .outputs import check as check_output
 
+    if key_file or pgp_cert:
+        from .trust import verify
+
+        bad_sig = _check_signatures(verify, archive, key_file, pgp_cert)
+        if not archive.is_file() or not archive.name.endswith((*verify.ARCHIVE_SUFFIXES, ".tar.xz")):
+            # a signature check of a file that is no template archive (aplinfo.dat, an SBOM)
+            sys.exit(1 if bad_sig else 0)
+    else:
+        bad_sig = False
     violations = check_output(archive)
     if as_json:
         click.echo(msgspec.json.encode(violations).decode())
@@ -446,7 +462,25 @@ def check(archive, as_json) -> None:
         for v in violations:
             click.echo(f"{v.path}: {v.message} ({v.rule})")
         click.echo(f"{archive}: {'ok' if not violations else f'{len(violations)} violation(s)'}", err=True)
-    sys.exit(1 if violations else 0)
+    sys.exit(1 if violations or bad_sig else 0)
+
+
+def _check_signatures(verify, archive: Path, key_file, pgp_cert) -> bool:
+    """Print one line per signature check (on stderr); True when any failed."""
+    from .trust import keys
+
+    verdicts = []
+    key = keys.load_public(key_file) if key_file else None
+    if key is not None:
+        if archive.exists():
+            verdicts.append(verify.check_file_key(archive, key))
+        else:  # not a file: an image in a registry
+            verdicts += verify.check_image(str(archive), key)
+    if pgp_cert is not None:
+        verdicts.append(verify.check_file_pgp(archive, pgp_cert))
+    for v in verdicts:
+        click.echo(f"{archive}: {'signature ok' if v.ok else 'signature BAD'}: {v.what}", err=True)
+    return not all(v.ok for v in verdicts)
 
 
 @cli.command()
@@ -609,6 +643,42 @@ def push(ctx, reference, auth_file, ca_file, insecure, sign_key, sign_passphrase
             click.echo(f"  signature {res.signature} (tag sha256-{res.digest.removeprefix('sha256:')}.sig)")
         click.echo(f"  sbom  {res.sbom} (a referrer of the image)")
         click.echo(f"  provenance {res.provenance} ({'signed, DSSE' if res.signature else 'unsigned'}; a referrer)")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--pgp-key", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="OpenPGP secret key (unencrypted) that signs SHA512SUMS and aplinfo.dat, with Debian's sq.")
+@click.option("--template", "names", multiple=True, metavar="NAME",
+              help="A template to publish (repeatable). Default: the project's default template.")
+@click.option("--all", "all_templates", is_flag=True, help="Every template of the project.")
+@click.option("--maintainer", default=None, help="aplinfo Maintainer field.")
+@click.option("--infopage", default=None, help="aplinfo Infopage field (a URL).")
+@click.pass_context
+def publish(ctx, folder, pgp_key, names, all_templates, maintainer, infopage) -> None:
+    """Write a signed template channel to FOLDER: the built archives (checked against the
+    locks), SBOMs and provenance, SHA512SUMS and pveam's aplinfo.dat, each with a detached
+    OpenPGP signature (.asc) that `sqv` accepts. FOLDER is replaced only when the new one is
+    complete (docs/signing.md).
+
+    \b
+    Example:
+      lxclayer publish /srv/www/templates --all --pgp-key ~/.config/lxclayer/channel.pgp
+      sqv --keyring channel.cert /srv/www/templates/SHA512SUMS.asc /srv/www/templates/SHA512SUMS
+    """
+    from .definitions import load_project
+    from .publish import DEFAULT_INFOPAGE, DEFAULT_MAINTAINER
+    from .publish import publish as run_publish
+
+    if names and all_templates:
+        raise click.UsageError("--template and --all exclude each other")
+    first = _project(ctx)
+    chosen = list(first.templates) if all_templates else list(dict.fromkeys(names)) or [first.template.name]
+    projects = [first if n == first.template.name else load_project(root=first.root, template=n) for n in chosen]
+    printer = Printer()
+    res = run_publish(projects, folder, pgp_key, maintainer=maintainer or DEFAULT_MAINTAINER,
+                      infopage=infopage or DEFAULT_INFOPAGE, warn=printer.warn)
+    click.echo(f"published {', '.join(res.templates)} to {res.folder} ({len(res.files)} files)")
 
 
 @cli.group("key")
