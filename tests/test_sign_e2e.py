@@ -5,6 +5,7 @@ Keys are made here with openssl; the registry is Debian's docker-registry on loo
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -88,6 +89,20 @@ def test_skopeo_accepts_the_signed_image_and_refuses_unsigned_and_foreign(tmp_pa
     assert res["signature"].startswith("sha256:")
     assert "correct horse" not in r.stdout + r.stderr
     check_signed_provenance(tmp_path, proj, registry, f"{reg}/templates/signed", res, pub)
+    # lxclayer check --key: offline by the signed provenance in dist/, and in the registry
+    tar = proj / "dist" / "test-tpl_1.0-1_amd64.tar"
+    c = run_cli("check", str(tar), "--key", str(pub))
+    assert c.returncode == 0, c.stderr
+    assert f"signature ok: sha256 {hashlib.sha256(tar.read_bytes()).hexdigest()} is a subject" in c.stderr
+    c = run_cli("check", str(tar), "--key", str(other_pub))
+    assert c.returncode == 1 and "is NOT signed by the key" in c.stderr, c.stderr
+    env = {"REGISTRY_AUTH_FILE": str(auth)}
+    c = run_cli("check", f"{reg}/templates/signed:1.0-1", "--key", str(pub), env=env)
+    assert c.returncode == 0, c.stderr
+    assert f"image {res['digest']}: sigstore signature by the key for {reg}/templates/signed" in c.stderr
+    assert "signed provenance (DSSE) naming the image attached" in c.stderr
+    c = run_cli("check", f"{reg}/templates/signed:1.0-1", "--key", str(other_pub), env=env)
+    assert c.returncode == 1 and "sigstore signature by the key NOT found" in c.stderr, c.stderr
     trust = pve_node.trust(reg, "templates/signed", pub)
     ok, pulled = pve_node.pull(trust, f"{reg}/templates/signed:1.0-1", CREDS, pve=False)
     assert ok.returncode == 0, ok.stderr
