@@ -268,6 +268,7 @@ def _result_json(res) -> dict:
                       **({"image": a.image} if a.image else {})} for a in res.archives],
         "lock": str(res.lock_file), "lock_written": res.lock_written, "seconds": round(res.seconds, 3),
         "sbom": str(res.sbom) if res.sbom else None,
+        "provenance": str(res.provenance) if res.provenance else None,
         **({"cache": msgspec.to_builtins(res.cache)} if res.cache else {}),
     }
 
@@ -279,6 +280,8 @@ def _print_result(res) -> None:
             click.echo(f"  image {a.image}")
     if res.sbom:
         click.echo(f"{res.sbom}  SPDX 2.3 SBOM")
+    if res.provenance:
+        click.echo(f"{res.provenance}  SLSA provenance v1")
     if res.lock_written:
         click.echo(f"wrote {res.lock_file}")
     click.echo(f"done in {res.seconds:.1f}s", err=True)
