@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .definitions import Project
 from .errors import UserError
-from .fsio import atomic_write, rmtree
+from .fsio import atomic_write, pid_alive, rmtree
 from .lock import toml as locktoml
 from .lock.model import Lockfile
 from .lock.toml import stack_digest
@@ -112,6 +112,7 @@ def publish(projects: list[Project], dest: Path, pgp_key: Path, *, maintainer: s
             raise UserError(f"not empty and not a template channel (no {INDEX}); refusing to replace it",
                             file=str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(dest)
     tmp = dest.parent / f".{dest.name}.publish-{os.getpid()}.tmp"
     if tmp.exists():
         rmtree(tmp)
@@ -193,3 +194,13 @@ def _swap(new: Path, dest: Path) -> None:
         raise
     if old is not None:
         rmtree(old)
+
+
+def _remove_stale(dest: Path) -> None:
+    """Remove the temporary folders a killed publish of `dest` left beside it
+    (`.DIR.publish-PID.tmp`, `.DIR.old-PID.tmp` whose PID is gone)."""
+    for p in dest.parent.glob(f".{dest.name}.*-*.tmp"):
+        kind, _, pid = p.name.removeprefix(f".{dest.name}.").removesuffix(".tmp").rpartition("-")
+        if kind in ("publish", "old") and pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                rmtree(p)

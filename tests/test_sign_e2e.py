@@ -192,6 +192,40 @@ def check_signed_provenance(tmp_path, proj, registry, repo_ref, res, pub):
     assert registry.blob_file(art["layers"][0]["digest"]).read_bytes() == envelope
 
 
+def test_a_signature_for_another_digest_is_refused(tmp_path, registry, auth, built, pve_node):
+    """The signature manifest of image A put where image B's signature belongs (a replay): the
+    node refuses B, because the signed payload names A's digest."""
+    proj, store = built
+    key, pub = openssl_key(tmp_path / "k")
+    reg = registry.address
+    a = push(proj, store, f"{reg}/templates/replay", auth, "--sign-key", str(key))
+    assert a.returncode == 0, a.stderr
+    a = json.loads(a.stdout)
+    other = oci_project(tmp_path / "p2")  # the same template with one file changed: another image
+    (other / "layers" / "config" / "root" / "etc" / "motd").write_text("another image\n")
+    assert run_cli("--project", str(other), "--store", str(store), "build").returncode == 0
+    b = run_cli("--project", str(other), "--store", str(store), "push", f"{reg}/templates/replay:other",
+                "--auth", str(auth), "--json")
+    assert b.returncode == 0, b.stderr
+    b = json.loads(b.stdout)
+    assert a["digest"] != b["digest"]
+    from lxclayer.registry import client_for, oci
+
+    with client_for(f"{reg}/templates/replay", auth_file=str(auth)) as client:
+        _, _, sig = client.get_manifest("sha256-" + a["digest"].removeprefix("sha256:") + ".sig")
+        client.put_manifest("sha256-" + b["digest"].removeprefix("sha256:") + ".sig", sig, oci.MANIFEST)
+    trust = pve_node.trust(reg, "templates/replay", pub)
+    ok, _ = pve_node.pull(trust, f"{reg}/templates/replay:1.0-1", CREDS, pve=False)
+    assert ok.returncode == 0, ok.stderr
+    bad, pulled = pve_node.pull(trust, f"{reg}/templates/replay:other", CREDS, pve=False)
+    assert bad.returncode != 0 and "Source image rejected" in bad.stderr, bad.stderr
+    assert f"Signature for digest {a['digest']} does not match" in bad.stderr, bad.stderr
+    print("node refuses a replayed signature:", bad.stderr)
+    assert not pulled.exists()
+    c = run_cli("check", f"{reg}/templates/replay:other", "--key", str(pub), env={"REGISTRY_AUTH_FILE": str(auth)})
+    assert c.returncode == 1 and "sigstore signature by the key NOT found" in c.stderr, c.stderr
+
+
 def test_a_key_pair_from_key_generate_signs_what_skopeo_accepts(tmp_path, registry, auth, built, pve_node):
     proj, store = built
     r = run_cli("key", "generate", str(tmp_path / "k"))
