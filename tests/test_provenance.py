@@ -102,3 +102,37 @@ def test_a_noop_build_does_not_rewrite_the_provenance(tmp_path):
     # not a git checkout: no source recorded
     doc = json.loads(path.read_bytes())
     assert "source" not in doc["predicate"]["buildDefinition"]["internalParameters"]
+
+
+def test_a_dsse_envelope_verifies_with_the_public_key_and_check_reads_it(tmp_path):
+    """Signed with a key from `key generate`, checked with `cryptography` directly over the PAE,
+    deterministic (same key and statement: same bytes), refused by another key or one changed byte."""
+    import base64
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from lxclayer.trust import dsse, keys
+
+    for name in ("k", "other"):
+        assert run_cli("key", "generate", str(tmp_path / name)).returncode == 0
+    key = keys.load_private(tmp_path / "k")
+    body = provenance_document(locktoml.read(LOCK), None)
+    env_bytes = dsse.sign(key, body)
+    assert dsse.sign(key, body) == env_bytes  # RFC 6979
+    env = json.loads(env_bytes)
+    assert env["payloadType"] == "application/vnd.in-toto+json"
+    assert base64.b64decode(env["payload"]) == body
+    pub = serialization.load_pem_public_key((tmp_path / "k.pub").read_bytes())
+    pae = b"DSSEv1 28 application/vnd.in-toto+json %d %s" % (len(body), body)
+    pub.verify(base64.b64decode(env["signatures"][0]["sig"]), pae, ec.ECDSA(hashes.SHA256()))  # raises if bad
+    f = tmp_path / "x.intoto.dsse.json"
+    f.write_bytes(env_bytes)
+    ok = run_cli("check", str(f), "--key", str(tmp_path / "k.pub"))
+    assert ok.returncode == 0 and "signature ok: DSSE envelope signed by the key" in ok.stderr, ok.stderr
+    bad = run_cli("check", str(f), "--key", str(tmp_path / "other.pub"))
+    assert bad.returncode == 1 and "NOT signed by the key" in bad.stderr, bad.stderr
+    tampered = json.loads(env_bytes)
+    tampered["payload"] = base64.b64encode(body[:100] + bytes([body[100] ^ 1]) + body[101:]).decode()  # one byte
+    f.write_bytes(json.dumps(tampered).encode())
+    assert run_cli("check", str(f), "--key", str(tmp_path / "k.pub")).returncode == 1
