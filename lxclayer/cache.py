@@ -39,7 +39,6 @@ from .registry.errors import (
 from .store import LayerEntry, Store
 from .store.registry import Pulled, RegistryCache
 
-
 DEADLINE = 30.0
 BUDGET = 900.0
 
