@@ -63,7 +63,7 @@ class CacheSettings:
     auth_file: str | None = None
     ca_file: str | None = None
     insecure: bool = False
-    deadline: float = DEADLINE  # seconds per operation (body included), plus 1 s per MiB of a blob
+    deadline: float = DEADLINE  # seconds per operation (body included), plus 4 s per MiB of a blob
     budget: float = BUDGET  # seconds the cache may take in one run, all operations together
 
     @property

@@ -433,7 +433,7 @@ def lock_diff(ctx, old, new, fmt, git_args, rest) -> None:
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the violations as JSON.")
 def check(archive, as_json) -> None:
-    """Check a template archive against the rules `pct create` relies on.
+    """Check a template archive (or OCI image .tar, every layer) against the rules `pct create` relies on.
 
     Exit 0: fine; 1: violations (each listed with its path); 2: unreadable.
 

@@ -116,7 +116,7 @@ class RetryPolicy(msgspec.Struct, frozen=True):
     max_delay: float = 2.0
     total: float = 30.0        # an operation gives up after this many seconds of retrying
     deadline: float = 30.0     # wall-clock seconds per operation, bodies and retries included
-    per_mib: float = 1.0       # ... plus this many seconds per MiB of a blob's declared size
+    per_mib: float = 4.0       # ... plus this many seconds per MiB of a blob's declared size (256 KiB/s)
 
 
 class Response:
