@@ -113,7 +113,7 @@ def test_slow_loris_ends_at_the_deadline_and_the_build_goes_on(tmp_path, hostile
     assert r.returncode == 0, r.stderr
     lines = _cache_lines(r.stderr)
     assert len(lines) == 1 and "unavailable" in lines[0] and "within 3 s" in lines[0], r.stderr
-    assert took < 60, took
+    assert took < 3 + 20, took  # the deadline, plus the build itself
     assert (tmp_path / "proj" / "dist" / "test-tpl_1.0-1_amd64.tar.gz").is_file()
 
 
