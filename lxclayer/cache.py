@@ -31,9 +31,7 @@ from .errors import DefinitionError
 from .lock.model import Lockfile
 from .registry import RegistryError, client_for
 from .registry.errors import (
-    DigestMismatch,
     RegistryAuthError,
-    RegistryProtocolError,
     RegistryUnavailable,
 )
 from .store import LayerEntry, Store
@@ -159,7 +157,7 @@ class Cache:
         except (RegistryUnavailable, RegistryAuthError) as e:
             self._give_up(e)
             return None
-        except (DigestMismatch, RegistryProtocolError) as e:
+        except RegistryError as e:  # refused bytes, a blob it names but lacks, a malformed digest
             self._refuse(layer, e.message())
             return None
         if pulled is None:
@@ -208,7 +206,7 @@ class Cache:
         except (RegistryUnavailable, RegistryAuthError) as e:
             self._give_up(e)
             return []
-        except (DigestMismatch, RegistryProtocolError) as e:
+        except RegistryError as e:  # refused bytes, a blob it names but lacks, a malformed digest
             self.warn(f"cache: outputs refused: {e.message()}; composing here")
             return []
         self.stats.outputs_pulled += len(names)

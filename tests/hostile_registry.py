@@ -13,6 +13,8 @@ input: one file of `file_size` bytes, in one pack. What is wrong with it is the 
 - ``loris-manifest`` / ``loris-blob``: headers, then one byte every `trickle` seconds;
 - ``slow``: every manifest answer (a 404) after `delay` seconds;
 - ``realm``: `/v2/` and everything else answer 401 with `challenge`;
+- ``missing`` / ``bad-digest``: the pack's descriptor names a blob the registry lacks, or a
+  digest that is not one;
 - ``fail``: every request answers 500.
 
 `sent` counts the body bytes written per path and `hits` the requests per path, so a test can
@@ -139,11 +141,17 @@ class HostileRegistry:
             for b in (meta, raw, pack):
                 self.blobs[_sha(b)] = b
         size = TEN_GIB if self.mode == "claim" else len(pack)
+        pack_digest = _sha(pack)
+        if self.mode == "missing":
+            with self._lock:
+                del self.blobs[pack_digest]
+        elif self.mode == "bad-digest":
+            pack_digest = "sha256:../../../../etc/passwd"
         return msgspec.json.encode(oci.Manifest(
             artifact_type=LAYER_TYPE,
             config=oci.Descriptor(media_type=META_TYPE, digest=_sha(meta), size=len(meta)),
             layers=[oci.Descriptor(media_type=MANIFEST_TYPE, digest=_sha(raw), size=len(raw)),
-                    oci.Descriptor(media_type=PACK_TYPE, digest=_sha(pack), size=size)],
+                    oci.Descriptor(media_type=PACK_TYPE, digest=pack_digest, size=size)],
             annotations={OUTPUT: out}))
 
     # --- answers ----------------------------------------------------------------------------

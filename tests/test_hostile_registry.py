@@ -99,6 +99,16 @@ def test_zstd_bomb_member_is_refused_at_its_declared_size_without_reading_it(tmp
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("mode", ["missing", "bad-digest"])
+def test_an_entry_naming_a_missing_or_malformed_blob_is_refused_and_the_build_goes_on(tmp_path, hostile, mode):
+    h = hostile(mode)
+    r, _ = _build(tmp_path, h.url)
+    assert r.returncode == 0, r.stderr
+    lines = _cache_lines(r.stderr)
+    assert lines and all("refused" in line and "building it here" in line for line in lines), r.stderr
+    assert (tmp_path / "proj" / "dist" / "test-tpl_1.0-1_amd64.tar.gz").is_file()
+
+
 # --- deadlines and the budget ------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["loris-manifest", "loris-blob"])
