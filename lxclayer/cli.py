@@ -32,6 +32,9 @@ def _project(ctx: click.Context):
     from .definitions import load_project
 
     o = ctx.obj
+    for given in (o.get("template_name"), o["template"]):
+        if given is not None and not str(given).strip():
+            raise UserError(f"--template {str(given)!r}: a template name or file cannot be empty")
     chosen = o.get("template_name") or o["template"]
     if chosen is not None and (chosen.endswith(".toml") or "/" in chosen):
         return load_project(root=o["project"], template_file=Path(chosen))
@@ -49,6 +52,8 @@ def per_template(f):
     @click.pass_context
     @functools.wraps(f)
     def run(ctx, template_name, all_templates, **kw):
+        if template_name is not None and not template_name.strip():
+            raise UserError(f"--template {template_name!r}: a template name cannot be empty")
         if template_name and all_templates:
             raise click.UsageError("--template and --all exclude each other")
         if template_name:
@@ -428,7 +433,7 @@ def lock_diff(ctx, old, new, fmt, git_args, rest) -> None:
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the violations as JSON.")
 def check(archive, as_json) -> None:
-    """Check a template archive against the rules `pct create` relies on.
+    """Check a template archive (or OCI image .tar, every layer) against the rules `pct create` relies on.
 
     Exit 0: fine; 1: violations (each listed with its path); 2: unreadable.
 
@@ -636,6 +641,7 @@ def _required_cache(project, printer, cache_opts):
     cache = _cache(project, printer, **cache_opts)
     if cache is None:
         raise UserError("no cache given: --cache REF, $LXCLAYER_CACHE, or [cache] url in lxclayer.toml")
+    cache.required = True  # its faults end the command in one line, not a "building without it"
     return cache
 
 
