@@ -206,15 +206,22 @@ def _layer(st: Store, name: str):
 PROGRAM = """
 import sys, tarfile
 from pathlib import Path
-from lxclayer.debian.chroot import Chroot
+from lxclayer.debian.chroot import Bind, Chroot
 from lxclayer.overlay import StackMount
 base, tar, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 lower = base / "lower"
 lower.mkdir()
 with tarfile.open(tar) as tf:
     tf.extractall(lower, filter="fully_trusted")
+debs = base / "debs"
+debs.mkdir()
+(debs / "x.deb").write_text("a package")
+binds = [Bind(debs, "/run/lxclayer/debs")] if "--bind" in sys.argv else []
 with StackMount(base, [lower], base / "upper", base / "work", base / "root") as m:
-    with Chroot(m.view, base, [], enter=m.enter, run_root=m.mountpoint) as ch:
+    with Chroot(m.view, base, binds, enter=m.enter, run_root=m.mountpoint) as ch:
+        if binds:
+            out = ch.run(["/usr/bin/cat", "/run/lxclayer/debs/x.deb"])
+            print("bind", out.returncode, out.text.strip().splitlines()[-1])
         out = ch.run(["/usr/bin/getent", "hosts", name], network=True)
         print("network", out.returncode, out.text.strip())
         out = ch.run(["/usr/bin/cat", "/etc/resolv.conf"], network=False)
@@ -222,10 +229,7 @@ with StackMount(base, [lower], base / "upper", base / "work", base / "root") as 
 """
 
 
-def test_a_chroot_on_a_snapshot_overlay_gets_the_hosts_resolver_only_with_network(resolver, tmp_path):
-    """The Chroot of the snapshot path: with network the program resolves through the host's
-    resolver; without, it sees the tree's own resolv.conf; the upper directory records nothing."""
-    ns_ip, log = resolver
+def _chroot_program(tmp_path: Path, ns_ip: str, *args: str) -> subprocess.CompletedProcess:
     tar = tmp_path / "root.tar"
     tar.write_bytes(tiny_root())
     real = tmp_path / "real"
@@ -235,10 +239,18 @@ def test_a_chroot_on_a_snapshot_overlay_gets_the_hosts_resolver_only_with_networ
     conf.write_text(f"nameserver {ns_ip}\n")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     script = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
-    out = subprocess.run(
+    return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh", str(conf),
-         sys.executable, "-c", PROGRAM, str(tmp_path / "link"), str(tar), NAME],
+         sys.executable, "-c", PROGRAM, str(tmp_path / "link"), str(tar), NAME, *args],
         env=env, text=True, capture_output=True, timeout=120)
+
+
+def test_a_chroot_on_a_snapshot_overlay_gets_the_hosts_resolver_only_with_network(resolver, tmp_path):
+    """The Chroot of the snapshot path: with network the program resolves through the host's
+    resolver; without, it sees the tree's own resolv.conf; the upper directory records nothing."""
+    ns_ip, log = resolver
+    real = tmp_path / "real"
+    out = _chroot_program(tmp_path, ns_ip)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["network", "0", ns_ip, NAME]
@@ -248,3 +260,12 @@ def test_a_chroot_on_a_snapshot_overlay_gets_the_hosts_resolver_only_with_networ
     # (with mtimes the scan clamps to those below), no file, no whiteout
     left = {p.relative_to(real / "upper").as_posix(): p for p in (real / "upper").rglob("*")}
     assert sorted(left) == ["usr", "usr/sbin"] and all(p.is_dir() for p in left.values())
+
+
+def test_the_mount_point_of_a_bind_is_made_in_the_overlay(resolver, tmp_path):
+    """Issue 19, item 2 ("apt-get install failed: dmesg(1) may have more information after failed
+    mount system call"): the .debs' mount point was made where the view pointed, not in the
+    overlay, so the bind mount of the install step failed (on ebbd911)."""
+    out = _chroot_program(tmp_path, resolver[0], "--bind")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[0] == "bind 0 a package"
