@@ -155,16 +155,18 @@ def _classify(e: BaseException) -> _Fault:
 def _get(url: str, headers: Mapping[str, str], timeout: float):
     import urllib.request
 
-    headers = {"User-Agent": USER_AGENT, **headers}
+    auth = None
     p = urllib.parse.urlsplit(url)
     if p.username is not None:  # user:password@host: sent as HTTP basic auth, never shown
         import base64
 
         cred = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
+        auth = "Basic " + base64.b64encode(cred.encode()).decode()
         host = f"[{p.hostname}]" if ":" in (p.hostname or "") else (p.hostname or "")
         url = urllib.parse.urlunsplit((p.scheme, f"{host}:{p.port}" if p.port else host, p.path, p.query, p.fragment))
-    req = urllib.request.Request(url, headers=headers)
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
+    if auth is not None:
+        req.add_unredirected_header("Authorization", auth)  # not sent on to where a redirect points
     return _opener().open(req, timeout=timeout)
 
 

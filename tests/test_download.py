@@ -204,3 +204,18 @@ def test_read_returns_the_body_and_where_it_came_from(server):
     with pytest.raises(DownloadError) as e:
         download.read([f"{base}/idx"], limit=10)
     assert str(e.value) == f"{base}/idx: larger than 10 bytes"
+
+
+def test_credentials_in_a_url_are_sent_as_basic_auth(server, tmp_path, monkeypatch):
+    base, h = server
+    got: list[str | None] = []
+    orig = _Handler.do_GET
+
+    def spy(self):
+        got.append(self.headers.get("Authorization"))
+        orig(self)
+
+    monkeypatch.setattr(_Handler, "do_GET", spy)
+    url = base.replace("http://", "http://me:pa%3Ass@") + "/a"
+    assert download.fetch([url], tmp_path / "f", sha256=SHA) == url
+    assert got == ["Basic bWU6cGE6c3M="]  # me:pa:ss
