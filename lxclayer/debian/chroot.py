@@ -279,7 +279,7 @@ class Chroot:
             mp.touch()
             self._made.append(mp)
 
-    def _resolv_target(self) -> str | None:
+    def _resolv_target(self) -> str:
         """The tree's resolv.conf, made a plain file to mount over if it is not one (a symlink,
         say to systemd-resolved's stub, or missing): then it is kept aside and put back at the end."""
         p = self.root / "etc/resolv.conf"
