@@ -625,7 +625,7 @@ def _cache_locks(ctx, all_roots: bool):
     from . import roots
 
     for root in roots.roots(_store(ctx).root):
-        if root.live():
+        if root.live:
             lock = locktoml.read(root.lock_file)
             if lock is not None:
                 found.append((f"{lock.template.name} ({root.lock_file})", lock))
