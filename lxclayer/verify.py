@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from . import hermetic
-from .build import Events, Mode, _context, build, realise_layer
+from .build import Events, Mode, _context, build
 from .builders import builder
 from .definitions import Project
 from .errors import DefinitionError, StoreCorruption
@@ -199,18 +199,18 @@ def repair(project: Project, store: Store, names: list[str], events: Events | No
 def verify_rebuild(project: Project, store: Store, names: list[str], events: Events | None = None) -> dict[str, list[str]]:
     events = events or Events()
     _check_names(project, names)
-    lock = locktoml.read(project.lock_file)
     result: dict[str, list[str]] = {}
+    # What is missing is built first (and damage met on the way healed) by the build itself.
+    plans = build(project, store, write_lock=False, layers_only=True, events=events).layers
     with store.session():
         entries: list[LayerEntry] = []
-        for layer in project.layers:
-            entry, _ = realise_layer(project, layer, store, entries, lock, Mode.NORMAL, False, events)
+        for layer, p in zip(project.layers, plans, strict=True):
+            entry = store.lookup(p.input or "", layer=layer.name)
+            assert entry is not None, layer.name  # just built
             entries.append(entry)
         for i, layer in enumerate(project.layers):
             if names and layer.name not in names:
                 continue
-
-
             mod = builder(layer.kind)
             pins = msgspec.convert(entries[i].meta.record.get("artifacts", {}), Artifacts)
             with store.staging(f"verify-{layer.name}") as work:
