@@ -512,20 +512,22 @@ def verify(ctx, rebuild, repair, layers, **cache_opts) -> None:
       lxclayer verify --rebuild postgresql
     """
     from .verify import repair as run_repair
-    from .verify import verify_rebuild, verify_store
+    from .verify import scan_store, verify_rebuild, verify_store
 
     project = _project(ctx)
     store = _store(ctx)
     bad = 0
     # A rebuild needs no lock (it builds what is missing first); a store check checks the lock's.
     if repair:
+        scan = scan_store(project, store, list(layers))
+        checked = scan.checked
+        _report_damage(checked, "ok", hint=False)
         cache = _cache(project, Printer(), **cache_opts)
         try:
-            checked, repaired = run_repair(project, store, list(layers), events=Printer(), cache=cache)
+            repaired = run_repair(project, store, scan, events=Printer(), cache=cache)
         finally:
             if cache is not None:
                 cache.close()
-        _report_damage(checked, "ok", hint=False)
         for r in repaired:
             how = "pulled again from the cache" if r.how == "pulled" else "built again"
             click.echo(f"repaired {r.layer}: {how}, output {r.output[:12]} (the lock's)")

@@ -9,17 +9,20 @@ manifest compared with the stored one, path by path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from . import hermetic
-from .build import Events, Mode, _context, build
+from .build import Events, Mode, _context, build, check_locked, plan
 from .builders import builder
-from .definitions import Project
-from .errors import DefinitionError, StoreCorruption
+from .definitions import Project, rel
+from .errors import DefinitionError, LockError, StoreCorruption
+from .evaluate import Evaluator
 from .inputs import Artifacts
 from .lock import toml as locktoml
+from .lock.model import Lockfile
 from .manifest import Entry
 from .store import LayerEntry, Store
 
@@ -111,7 +114,15 @@ def _blob_damage(store: Store, h: str, size: int, layer: str) -> StoreCorruption
     return None
 
 
-def _scan(project: Project, store: Store, names: list[str]) -> tuple[Checked, list[tuple[Damage, StoreCorruption]]]:
+@dataclass
+class Scan:
+    """What `scan_store` found, with the store's own damage reports (what `repair` evicts)."""
+
+    checked: Checked
+    found: list[tuple[Damage, StoreCorruption]]
+
+
+def scan_store(project: Project, store: Store, names: list[str]) -> Scan:
     _check_names(project, names)
     lock = locktoml.read(project.lock_file)
     if lock is None:
@@ -148,13 +159,13 @@ def _scan(project: Project, store: Store, names: list[str]) -> tuple[Checked, li
                 damage.append((Damage(name, locked.input, "entry", err.reason), err))
             out.layers[name] = [d for d, _ in damage]
             found.extend((d, err) for d, err in damage if err is not None)
-    return out, found
+    return Scan(out, found)
 
 
 def verify_store(project: Project, store: Store, names: list[str]) -> Checked:
     """Every blob and entry the lock's layers (or `names`) use, read and checked as the store
     checks them: per layer what is damaged, naming each damaged blob with the files that use it."""
-    return _scan(project, store, names)[0]
+    return scan_store(project, store, names).checked
 
 
 class Repaired(msgspec.Struct, frozen=True):
@@ -164,17 +175,35 @@ class Repaired(msgspec.Struct, frozen=True):
     how: str  # "built" | "pulled" (from the cache)
 
 
-def repair(project: Project, store: Store, names: list[str], events: Events | None = None,
-           cache: Cache | None = None) -> tuple[Checked, list[Repaired]]:
+def _can_rebuild_here(project: Project, store: Store, lock: Lockfile) -> None:
+    """Refuse, before anything is removed, a repair that could only fail: a lock that does not
+    describe the project, or a layer whose inputs here (say a host tool's version) are not the
+    lock's, so that nothing built here could be the lock's."""
+    with store.session():
+        check_locked(Evaluator(project, store, lock, Mode.LOCKED, None))
+        try:
+            plans = plan(project, store, lock, Mode.LOCKED)
+        except StoreCorruption:
+            return  # damage read while evaluating: the build meets it again, and heals it
+    for p in plans:
+        if p.input is not None and p.input != lock.layers[p.name].input:
+            raise LockError(f"cannot repair here: layer {p.name}: inputs differ from the lock: "
+                            f"{'; '.join(p.reasons)}; nothing was removed",
+                            file=rel(project.lock_file, project.root))
+
+
+def repair(project: Project, store: Store, scan: Scan, events: Events | None = None,
+           cache: Cache | None = None) -> list[Repaired]:
     """`verify --repair`, as Nix's `--verify --repair`: evict every damaged blob and entry of
     the locked layers (or `names`), then realise the stack with the build's own machinery under
     --locked, so each evicted layer is built again (or pulled again from `cache`) and must come
-    out as the lock records it. Returns what was found and what was repaired."""
-    checked, found = _scan(project, store, names)
+    out as the lock records it. `scan` is what `scan_store` found. Returns what was repaired."""
+    checked, found = scan.checked, scan.found
     lock = locktoml.read(project.lock_file)
-    assert lock is not None  # _scan refused a project without one
+    assert lock is not None  # scan_store refused a project without one
     if not checked.damage:
-        return checked, []
+        return []
+    _can_rebuild_here(project, store, lock)
     with store.session():
         stack = []
         for locked in lock.layers.values():
@@ -193,7 +222,7 @@ def repair(project: Project, store: Store, names: list[str], events: Events | No
                 events=events)
     repaired = [Repaired(p.name, p.input or "", p.output or "", p.state) for p in res.layers
                 if p.state in ("built", "pulled")]
-    return checked, repaired
+    return repaired
 
 
 def verify_rebuild(project: Project, store: Store, names: list[str], events: Events | None = None) -> dict[str, list[str]]:

@@ -178,3 +178,18 @@ def test_a_rebuild_that_is_not_the_locks_output_is_refused_naming_the_layer(buil
     monkeypatch.setattr(files, "realise", drifting)
     with pytest.raises(LockError, match="layer config built to output .*the lock records"):
         build(load_project(project), Store(store), mode=Mode.LOCKED)
+
+
+def test_repair_that_could_not_give_the_locks_layers_is_refused_and_removes_nothing(built):
+    project, store, lock = built
+    h = blob_of(store, lock, "config", "etc/motd")
+    damage(store, h, "flip")
+    (project / "layers" / "config" / "root" / "etc" / "motd").write_text("edited since the lock\n")
+    r = cli(project, store, "verify", "--repair")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "the lock does not describe this build" in r.stderr
+    assert "layer config: file root/etc/motd changed" in r.stderr
+    assert f"config: damaged: blob {h} does not match its hash" in r.stdout  # named before refusing
+    # nothing was removed: verify names the same damage, the entry is still there
+    r = cli(project, store, "verify", "config")
+    assert r.returncode == 1 and f"config: damaged: blob {h} does not match its hash" in r.stdout
