@@ -193,3 +193,29 @@ def test_repair_that_could_not_give_the_locks_layers_is_refused_and_removes_noth
     # nothing was removed: verify names the same damage, the entry is still there
     r = cli(project, store, "verify", "config")
     assert r.returncode == 1 and f"config: damaged: blob {h} does not match its hash" in r.stdout
+
+
+def test_a_snapshot_is_never_made_from_a_damaged_blob_and_the_damage_names_what_to_evict(built):
+    """Program layers run on snapshots of the layers below, made from the store: a damaged blob
+    met while unpacking one raises the store's damage report (what the build's `_heal` evicts),
+    and leaves no snapshot, whole or half made."""
+    from lxclayer import snapshots
+    from lxclayer.errors import StoreCorruption
+
+    from .e2e_support import require_root
+
+    require_root()  # owners and device nodes
+    project, store_dir, lock = built
+    store = Store(store_dir)
+    entry = store.lookup(lock.layers["base"].input, layer="base")
+    h = blob_of(store_dir, lock, "base", "etc/passwd")
+    damage(store_dir, h, "truncate")
+    with store.session(), pytest.raises(StoreCorruption) as err:
+        snapshots.ensure(store, entry.input, entry.output, lambda: entry.entries, lambda p: None,
+                         mtime=lock.template.source_date_epoch)
+    assert err.value.entry == str(store.blob_path(h))
+    assert err.value.reason == f"blob {h} does not match its hash"
+    assert not snapshots.snapshot_dir(store, entry.input).exists()
+    assert not [p for p in snapshots.snapshots_dir(store).iterdir() if p.name.startswith(".tmp-")]
+    assert store.evict(err.value, [entry]) == [entry.input]
+    assert store.lookup(entry.input) is None and not store.has_blob(h)
