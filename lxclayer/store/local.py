@@ -507,6 +507,12 @@ class LocalStore(Store):
             self.remove_entry(path.name)
             removed.append(path.name)
         elif path.parent.parent == self.root / "blobs":
+            try:
+                for _ in self.iter_blob(path.name):
+                    pass
+                return removed  # whole again: another build healed it meanwhile
+            except StoreCorruption:
+                pass
             path.unlink(missing_ok=True)
             for entry in stack:
                 try:
