@@ -189,16 +189,27 @@ def _context(layer: Layer, project: Project, store: Store, below: list[LayerEntr
 
 
 def _lookup(store: Store, digest_: str, layer: Layer, mode: Mode, events: Events) -> LayerEntry | None:
-    try:
-        # The manifest's bytes are checked here; blobs are checked when read (a damaged one
-        # found while composing makes the build evict the entry and build it again).
-        return store.lookup(digest_, layer=layer.name)
-    except StoreCorruption as e:
-        if mode is Mode.LOCKED:
-            raise
-        events.warn(f"{e.message()} (layer {layer.name}): removing it and building again")
-        store.remove_entry(digest_)
-        return None
+    # The manifest's bytes are checked here, blobs when they are read (snapshots, compose,
+    # builders reading the layers below): damage raises StoreCorruption, which `build` meets
+    # in one place (`_heal`).
+    return store.lookup(digest_, layer=layer.name)
+
+
+def _heal(store: Store, damage: StoreCorruption, stack: list[LayerEntry], events: Events,
+          seen: set[tuple[str, str]]) -> None:
+    """The one place a build meets damage in the store: evict what `damage` names (a damaged
+    entry, or a damaged blob and the entries of `stack` that use it) so that the build, run
+    again, builds those layers anew (or pulls them from the cache), under --locked too, where
+    each rebuilt output must still be the lock's. The same damage met twice is raised."""
+    key = (damage.entry, damage.reason)
+    if key in seen:
+        raise damage
+    seen.add(key)
+    removed = store.evict(damage, stack)
+    names = {e.input: e.meta.layer or e.layer or "?" for e in stack}
+    layers = [names.get(d) or damage.layer or d[:12] for d in removed]
+    again = f"building {', '.join(dict.fromkeys(layers))} again" if layers else "building again"
+    events.warn(f"{damage.message()}: removed from the store; {again}")
 
 
 def realise_layer(project: Project, layer: Layer, store: Store, below: list[LayerEntry], lock: Lockfile | None,
@@ -322,14 +333,15 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
           formats: list[str] | None = None, out_dir: Path | None = None, write_lock: bool = True,
           jobs: int | None = None, events: Events | None = None,
           ignore_lock_pins: bool = False, cache: Cache | None = None,
-          snapshots_on: bool | None = None) -> BuildResult:
+          snapshots_on: bool | None = None, layers_only: bool = False) -> BuildResult:
     """Build every layer that the store lacks, compose the archive(s), write the lock.
-    `snapshots_on`: realise program layers on snapshots (None: as $LXCLAYER_SNAPSHOTS says)."""
+    `snapshots_on`: realise program layers on snapshots (None: as $LXCLAYER_SNAPSHOTS says).
+    `layers_only`: the store's entries only, no archive and no SBOM (`verify --repair`)."""
     events = events or Events()
     snaps = snapshots.Policy.choose(snapshots_on, events.warn)
     t0 = time.monotonic()
     out_dir = out_dir or project.root / "dist"
-    formats = formats or list(project.template.formats)
+    formats = [] if layers_only else formats or list(project.template.formats)
     lock_path = project.lock_file
     with store.session(), store.project_lock(lock_path):
         lock = locktoml.read(lock_path)  # read under the project lock: another build may have written it
@@ -346,7 +358,8 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
         pins_from = None if ignore_lock_pins else lock
         if ignore_lock_pins:
             ev = Evaluator(project, store, None, mode, cache_)
-        for attempt in range(3):
+        seen: set[tuple[str, str]] = set()
+        while True:
             try:
                 entries: list[LayerEntry] = []
                 plans: list[LayerPlan] = []
@@ -364,13 +377,11 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                     pulled = {f: shared.fetch_outputs(outputs.cache_key(stack_lock, f), store) for f in formats}
                 archives = [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events)
                             for fmt in formats]
-                sbom = write_sbom(stack_lock, out_dir)  # every template's SBOM, from its lock alone
+                # every template's SBOM, from its lock alone
+                sbom = write_sbom(stack_lock, out_dir) if formats else None
                 break
             except StoreCorruption as e:
-                if mode is Mode.LOCKED or attempt == 2:
-                    raise
-                events.warn(f"{e.message()}: removing the damaged entry and building again")
-                store.evict(e, entries)
+                _heal(store, e, entries, events, seen)
         if mode is Mode.LOCKED and lock is not None:
             for i, a in enumerate(archives):
                 want = lock.template.archives.get(a.format)

@@ -13,12 +13,14 @@ faulty cache never breaks a build:
   lock's. Anything else is refused in one line naming the layer, and the layer is built
   here. Without a lock, whoever can push to the cache is trusted, as with BuildKit.
 - **faults:** the client retries with back-off; a cache still unreachable (down, 5xx, refused
-  credentials) is reported once, in one line, and not asked again in this run.
+  credentials, an answer slower than the deadline) is reported once, in one line, and not asked
+  again in this run; so is a cache that has used up the build's time budget.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +31,27 @@ from .errors import DefinitionError
 from .lock.model import Lockfile
 from .registry import RegistryError, client_for
 from .registry.errors import (
-    DigestMismatch,
     RegistryAuthError,
-    RegistryProtocolError,
     RegistryUnavailable,
 )
 from .store import LayerEntry, Store
 from .store.registry import Pulled, RegistryCache
+
+DEADLINE = 30.0
+BUDGET = 900.0
+
+
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e7:
+        raise DefinitionError(f"${name} must be a number of seconds above 0, not {text!r}")
+    return value
 
 
 @dataclass
@@ -45,6 +61,8 @@ class CacheSettings:
     auth_file: str | None = None
     ca_file: str | None = None
     insecure: bool = False
+    deadline: float = DEADLINE  # seconds per operation (body included), plus 4 s per MiB of a blob
+    budget: float = BUDGET  # seconds the cache may take in one run, all operations together
 
     @property
     def push(self) -> bool:
@@ -68,7 +86,9 @@ def settings(root: Path, *, url: str | None = None, mode: str | None = None, aut
     from .registry import parse_reference
 
     parse_reference(chosen, what="cache reference")  # bad input: refused now, with the reason
-    return CacheSettings(url=chosen, mode=chosen_mode, auth_file=auth_file, ca_file=ca_file, insecure=insecure)
+    return CacheSettings(url=chosen, mode=chosen_mode, auth_file=auth_file, ca_file=ca_file, insecure=insecure,
+                         deadline=_seconds(env, "LXCLAYER_CACHE_DEADLINE", DEADLINE),
+                         budget=_seconds(env, "LXCLAYER_CACHE_BUDGET", BUDGET))
 
 
 @dataclass
@@ -90,6 +110,7 @@ class Cache:
         self.warn = warn
         self._backend = backend
         self.stats = CacheStats()
+        self.required = False  # a command that needs the cache says its faults itself (no warning)
 
     @property
     def where(self) -> str:
@@ -100,9 +121,13 @@ class Cache:
         if self.stats.unavailable:
             return None
         if self._backend is None:
+            from .registry.client import RetryPolicy
+
+            s = self.settings
             try:
-                client = client_for(self.settings.url, auth_file=self.settings.auth_file,
-                                    ca_file=self.settings.ca_file, insecure=self.settings.insecure)
+                client = client_for(s.url, auth_file=s.auth_file, ca_file=s.ca_file, insecure=s.insecure,
+                                    retry=RetryPolicy(deadline=s.deadline, total=min(s.deadline, 30.0)),
+                                    budget_end=time.monotonic() + s.budget)
             except RegistryError as e:
                 self._give_up(e)
                 return None
@@ -111,7 +136,8 @@ class Cache:
 
     def _give_up(self, e: RegistryError) -> None:
         self.stats.unavailable = e.message()
-        self.warn(f"cache {self.where} unavailable ({e.message()}); building without it")
+        if not self.required:
+            self.warn(f"cache {self.where} unavailable ({e.message()}); building without it")
 
     def close(self) -> None:
         if self._backend is not None:
@@ -131,7 +157,7 @@ class Cache:
         except (RegistryUnavailable, RegistryAuthError) as e:
             self._give_up(e)
             return None
-        except (DigestMismatch, RegistryProtocolError) as e:
+        except RegistryError as e:  # refused bytes, a blob it names but lacks, a malformed digest
             self._refuse(layer, e.message())
             return None
         if pulled is None:
@@ -180,7 +206,7 @@ class Cache:
         except (RegistryUnavailable, RegistryAuthError) as e:
             self._give_up(e)
             return []
-        except (DigestMismatch, RegistryProtocolError) as e:
+        except RegistryError as e:  # refused bytes, a blob it names but lacks, a malformed digest
             self.warn(f"cache: outputs refused: {e.message()}; composing here")
             return []
         self.stats.outputs_pulled += len(names)

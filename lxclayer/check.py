@@ -23,7 +23,8 @@ rule                      meaning
 ========================  ========================================================================
 
 `check_members` is streaming and keeps one small record per path; the compose step runs it on
-the entries it writes. `check_archive` reads any ``.tar.gz``/``.tar.zst``/``.tar.xz``/
+the entries it writes. `check_layers` applies the same rules (the same `Tree`) to the layers of an
+OCI image, merged as Proxmox VE 9.1 applies them (outputs/oci.py reads the layers). `check_archive` reads any ``.tar.gz``/``.tar.zst``/``.tar.xz``/
 ``.tar.bz2``/``.tar`` (compression found from the magic bytes) in constant memory apart from
 the paths it has seen.
 """
@@ -96,82 +97,187 @@ def _unsafe_reason(name: str) -> str:
 
 def check_members(members: Iterable[Member]) -> list[Violation]:
     """Every violation of the pct extraction rules, in archive order (missing parents last)."""
-    out: list[Violation] = []
-    add = out.append
-    seen: dict[str, int] = {"": _DIR}  # path -> kind of its FIRST entry (the one pct keeps)
-    implied: dict[str, str] = {}  # directory without an entry yet -> first name inside it
-    shadowed: set[str] = set()  # implied directories that lie below a symlink
-    for m in members:
+    tree = Tree()
+    tree.feed(members)
+    return tree.finish()
+
+
+def check_layers(layers: Iterable[Iterable[Member]]) -> list[Violation]:
+    """The same rules over the layers of an OCI image, applied as Proxmox VE 9.1 applies them:
+    one tree, bottom layer first, each layer's whiteouts before its entries (a file below a
+    symlink of a lower layer, a whiteout leaving the root or passing a symlink are found)."""
+    tree = Tree(oci=True)
+    for n, layer in enumerate(layers, 1):
+        tree.layer(layer, n)
+    return tree.finish()
+
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+class Tree:
+    """The rules, applied to a stream of tar members; state (the paths seen, and their kinds) is
+    kept across calls, so that an image's layers are checked as the one tree they make.
+
+    With `oci`, the rules that concern pct's own tar command are left out (the `./` prefix and
+    its exclusions, dropped xattrs, directory order: PVE's OCI unpacker makes directories last),
+    a path given again by a later layer replaces the lower one, and whiteouts delete paths."""
+
+    def __init__(self, *, oci: bool = False):
+        self.oci = oci
+        self.out: list[Violation] = []
+        self.seen: dict[str, int] = {"": _DIR}  # path -> kind of its FIRST entry (the one pct keeps)
+        self.implied: dict[str, str] = {}  # directory without an entry yet -> first name inside it
+        self.shadowed: set[str] = set()  # implied directories that lie below a symlink
+        self._mine: set[str] | None = None  # OCI: the paths of the layer being read
+
+    def finish(self) -> list[Violation]:
+        for d, first_inside in self.implied.items():
+            if d not in self.shadowed:  # those are reported as below-symlink already
+                self.out.append(Violation("./" + d if not self.oci else d, "missing-parent",
+                                          f"no entry for this directory (needed by {first_inside}): "
+                                          f"{'PVE' if self.oci else 'pct'} makes it as 0755 root:root"))
+        return self.out
+
+    def layer(self, members: Iterable[Member], n: int) -> None:
+        """One OCI layer: its whiteouts (PVE applies them all first), then its entries."""
+        before = len(self.out)
+        entries = []
+        for m in members:
+            base = m.name.rstrip("/").rpartition("/")[2]
+            if m.type == "file" and base.startswith(WHITEOUT):
+                self._whiteout(m, base)
+            else:
+                entries.append(m)
+        self._mine = set()
+        self.feed(entries)
+        self._mine = None
+        self.out[before:] = [Violation(v.path, v.rule, f"{v.message} [layer {n}]") for v in self.out[before:]]
+
+    def _whiteout(self, m: Member, base: str) -> None:
         name = m.name
-        prefixed = name[:2] == "./"
-        rel = name[2:] if prefixed else name
-        if rel[:1] in _ODD_START or "/." in rel or "//" in rel or rel[-1:] == "/":
-            rel = _relative(name)  # the slow path: ".", "..", "//", trailing "/", absolute
-            if rel is None:
-                add(Violation(name, "unsafe-name", _unsafe_reason(name)))
-                continue
-        if not prefixed and rel:
-            add(Violation(name, "name-prefix", "name does not start with './': pct's "
-                          "'--anchored --exclude ./dev/*' does not apply to it"))
-        mtype = m.type
-        if not (0 <= m.uid <= MAX_ID and 0 <= m.gid <= MAX_ID):
-            add(Violation(name, "id-range", f"owner {m.uid}:{m.gid} is outside 0..{MAX_ID}: an "
-                          "unprivileged pct create fails (Cannot change ownership)"))
-        if (mtype == "char" or mtype == "block") and not rel.startswith("dev/"):
-            add(Violation(name, "device-outside-dev", f"{mtype} device outside ./dev/: an "
-                          "unprivileged pct create fails (Cannot mknod)"))
-        for x in m.xattrs:
-            if not x.startswith(KEPT_XATTRS) and x not in KEPT_XATTR_NAMES:
-                add(Violation(name, "xattr-dropped", f"xattr {x} is dropped by pct (it keeps "
-                              "only user.* and security.capability)"))
-        if mtype == "hardlink":
-            _check_hardlink(m, seen, add)
+        rel = _relative(name)
+        if rel is None:
+            self.out.append(Violation(name, "unsafe-name", "whiteout " + _unsafe_reason(name)))
+            return
+        parent = rel.rpartition("/")[0]
+        kind = self._kind_of(parent)
+        if kind in (_SYMLINK, _SHADOWED):
+            self.out.append(Violation(name, "below-symlink", "whiteout is below a symlink: it deletes "
+                                      "wherever the symlink points"))
+            return
+        if base == OPAQUE:
+            prefix = parent + "/" if parent else ""
+            doomed = [k for k in self.seen if k and k.startswith(prefix) and k != parent]
+        else:
+            target = base[len(WHITEOUT):]
+            if target in ("", ".", ".."):
+                return  # PVE skips these
+            t = f"{parent}/{target}" if parent else target
+            doomed = [k for k in self.seen if k == t or k.startswith(t + "/")]
+        for k in doomed:
+            del self.seen[k]
 
-        if rel in seen:
-            if rel:  # a repeated root is harmless: pct never applies its metadata
-                add(Violation(name, "duplicate", "duplicate path: pct keeps the first entry "
-                              "and skips this one"))
-            continue
-        first_inside = implied.pop(rel, None)
-        if first_inside is not None:
-            add(Violation(name, "parent-order", f"entry comes after {first_inside}, which is "
-                          "inside it: pct has made the directory already (0755 root) and "
-                          "skips this entry, so its mode and owner are lost"))
-            shadowed.discard(rel)
-
-        # Walk up to the nearest known path; directories passed on the way are implied.
-        kind = _DIR
-        new_implied: list[str] = []
-        parent = rel.rpartition("/")[0] if rel else None
-        while parent is not None:
-            known = seen.get(parent)
+    def _kind_of(self, path: str) -> int:
+        """The kind of `path` or of its nearest known ancestor (a directory when none is)."""
+        while True:
+            known = self.seen.get(path)
             if known is not None:
-                kind = known
-                break
-            if parent in implied:
-                kind = _SHADOWED if parent in shadowed else _DIR
-                break
-            new_implied.append(parent)
-            parent = parent.rpartition("/")[0] if parent else None
-        for p in new_implied:
-            implied[p] = name
+                return known
+            if path in self.implied:
+                return _SHADOWED if path in self.shadowed else _DIR
+            if not path:
+                return _DIR
+            path = path.rpartition("/")[0]
 
-        mine = _KIND.get(mtype, _OTHER)
-        if kind == _SYMLINK or kind == _SHADOWED:
-            add(Violation(name, "below-symlink", "path is below a symlink entry: pct writes "
-                          "it wherever the symlink points"))
-            mine = _SHADOWED
-            shadowed.update(new_implied)
-        elif kind != _DIR:
-            add(Violation(name, "parent-not-dir", "path is below an entry that is not a "
-                          "directory: extraction fails"))
-        seen[rel] = mine
+    def feed(self, members: Iterable[Member]) -> None:
+        out = self.out
+        add = out.append
+        seen, implied, shadowed = self.seen, self.implied, self.shadowed
+        oci, mine = self.oci, self._mine
+        for m in members:
+            name = m.name
+            prefixed = name[:2] == "./"
+            rel = name[2:] if prefixed else name
+            if rel[:1] in _ODD_START or "/." in rel or "//" in rel or rel[-1:] == "/":
+                rel = _relative(name)  # the slow path: ".", "..", "//", trailing "/", absolute
+                if rel is None:
+                    add(Violation(name, "unsafe-name", _unsafe_reason(name)))
+                    continue
+            if not prefixed and rel and not oci:
+                add(Violation(name, "name-prefix", "name does not start with './': pct's "
+                              "'--anchored --exclude ./dev/*' does not apply to it"))
+            mtype = m.type
+            if not (0 <= m.uid <= MAX_ID and 0 <= m.gid <= MAX_ID):
+                add(Violation(name, "id-range", f"owner {m.uid}:{m.gid} is outside 0..{MAX_ID}: an "
+                              "unprivileged pct create fails (Cannot change ownership)"))
+            if (mtype == "char" or mtype == "block") and not rel.startswith("dev/"):
+                add(Violation(name, "device-outside-dev", f"{mtype} device outside ./dev/: an "
+                              "unprivileged pct create fails (Cannot mknod)"))
+            if not oci:
+                for x in m.xattrs:
+                    if not x.startswith(KEPT_XATTRS) and x not in KEPT_XATTR_NAMES:
+                        add(Violation(name, "xattr-dropped", f"xattr {x} is dropped by pct (it keeps "
+                                      "only user.* and security.capability)"))
+            if mtype == "hardlink":
+                _check_hardlink(m, seen, add)
 
-    for d, first_inside in implied.items():
-        if d not in shadowed:  # those are reported as below-symlink already
-            add(Violation("./" + d, "missing-parent", f"no entry for this directory (needed by "
-                          f"{first_inside}): pct makes it as 0755 root:root"))
-    return out
+            if rel in seen:
+                if mine is None:
+                    if rel:  # a repeated root is harmless: pct never applies its metadata
+                        add(Violation(name, "duplicate", "duplicate path: pct keeps the first entry "
+                                      "and skips this one"))
+                    continue
+                if rel in mine or not rel:
+                    if rel:
+                        add(Violation(name, "duplicate", "duplicate path in one layer"))
+                    continue
+                # A later layer gives the path again: it replaces the lower one (checked below).
+                # Not a lower symlink by a directory, though: PVE makes directories last, so the
+                # layer's paths below it are written through the symlink.
+                replaced = seen[rel]
+            else:
+                replaced = None
+            if mine is not None:
+                mine.add(rel)
+            first_inside = implied.pop(rel, None)
+            if first_inside is not None:
+                if not oci:
+                    add(Violation(name, "parent-order", f"entry comes after {first_inside}, which is "
+                                  "inside it: pct has made the directory already (0755 root) and "
+                                  "skips this entry, so its mode and owner are lost"))
+                shadowed.discard(rel)
+
+            # Walk up to the nearest known path; directories passed on the way are implied.
+            kind = _DIR
+            new_implied: list[str] = []
+            parent = rel.rpartition("/")[0] if rel else None
+            while parent is not None:
+                known = seen.get(parent)
+                if known is not None:
+                    kind = known
+                    break
+                if parent in implied:
+                    kind = _SHADOWED if parent in shadowed else _DIR
+                    break
+                new_implied.append(parent)
+                parent = parent.rpartition("/")[0] if parent else None
+            for p in new_implied:
+                implied[p] = name
+
+            kind_mine = _KIND.get(mtype, _OTHER)
+            if kind == _SYMLINK or kind == _SHADOWED:
+                add(Violation(name, "below-symlink", "path is below a symlink entry: pct writes "
+                              "it wherever the symlink points"))
+                kind_mine = _SHADOWED
+                shadowed.update(new_implied)
+            elif kind != _DIR:
+                add(Violation(name, "parent-not-dir", "path is below an entry that is not a "
+                              "directory: extraction fails"))
+            if replaced == _SYMLINK and mtype == "dir":
+                kind_mine = _SYMLINK
+            seen[rel] = kind_mine
 
 
 def _check_hardlink(m: Member, seen: dict[str, int], add: Callable[[Violation], None]) -> None:

@@ -32,6 +32,9 @@ def _project(ctx: click.Context):
     from .definitions import load_project
 
     o = ctx.obj
+    for given in (o.get("template_name"), o["template"]):
+        if given is not None and not str(given).strip():
+            raise UserError(f"--template {str(given)!r}: a template name or file cannot be empty")
     chosen = o.get("template_name") or o["template"]
     if chosen is not None and (chosen.endswith(".toml") or "/" in chosen):
         return load_project(root=o["project"], template_file=Path(chosen))
@@ -49,6 +52,8 @@ def per_template(f):
     @click.pass_context
     @functools.wraps(f)
     def run(ctx, template_name, all_templates, **kw):
+        if template_name is not None and not template_name.strip():
+            raise UserError(f"--template {template_name!r}: a template name cannot be empty")
         if template_name and all_templates:
             raise click.UsageError("--template and --all exclude each other")
         if template_name:
@@ -436,7 +441,7 @@ def lock_diff(ctx, old, new, fmt, git_args, rest) -> None:
 @click.option("--pgp-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also check ARCHIVE.asc, or the channel's SHA512SUMS.asc beside it, with sqv.")
 def check(archive, as_json, key_file, pgp_cert) -> None:
-    """Check a template archive against the rules `pct create` relies on.
+    """Check a template archive (or OCI image .tar, every layer) against the rules `pct create` relies on.
 
     Exit 0: fine; 1: violations (each listed with its path) or a bad signature; 2: unreadable.
 
@@ -530,33 +535,73 @@ def gc(ctx, dry_run) -> None:
 @click.option("--rebuild", is_flag=True,
               help="Also build each layer again (reusing only the stored layers below it and the "
                    "downloaded artifacts) and compare it with the stored one, path by path.")
+@click.option("--repair", is_flag=True,
+              help="Evict every damaged blob and entry found and build those layers again (or pull "
+                   "them again from the cache) as the lock records them; exit 0 when all are repaired.")
 @click.argument("layers", nargs=-1)
 @cache_options
 @per_template
 @click.pass_context
-def verify(ctx, rebuild, layers, **cache_opts) -> None:
-    """Check the store's entries and blobs for the locked template; with --rebuild, prove
-    layers reproducible by building them again. Exit 1 if anything is wrong.
+def verify(ctx, rebuild, repair, layers, **cache_opts) -> None:
+    """Check the store's entries and blobs for the locked template, naming every damaged blob
+    with its layer and files; with --repair, heal them; with --rebuild, prove layers
+    reproducible by building them again. Exit 1 if anything is wrong (after --repair: still wrong).
 
     \b
     Example:
       lxclayer verify
+      lxclayer verify --repair
       lxclayer verify --rebuild postgresql
     """
-    from .verify import verify_rebuild, verify_store
+    from .verify import repair as run_repair
+    from .verify import scan_store, verify_rebuild, verify_store
 
     project = _project(ctx)
     store = _store(ctx)
+    bad = 0
     # A rebuild needs no lock (it builds what is missing first); a store check checks the lock's.
-    checked = verify_store(project, store, list(layers)) if not rebuild or project.lock_file.exists() else {}
-    bad = _report(checked, "damaged", None if rebuild else "ok")
+    if repair:
+        scan = scan_store(project, store, list(layers))
+        checked = scan.checked
+        _report_damage(checked, "ok", hint=False)
+        cache = _cache(project, Printer(), **cache_opts)
+        try:
+            repaired = run_repair(project, store, scan, events=Printer(), cache=cache)
+        finally:
+            if cache is not None:
+                cache.close()
+        for r in repaired:
+            how = "pulled again from the cache" if r.how == "pulled" else "built again"
+            click.echo(f"repaired {r.layer}: {how}, output {r.output[:12]} (the lock's)")
+        if checked.damage:  # read again what was damaged: it must be whole now
+            bad = _report_damage(verify_store(project, store, sorted({d.layer for d in checked.damage})), None,
+                                 hint=False)
+    elif not rebuild or project.lock_file.exists():
+        bad += _report_damage(verify_store(project, store, list(layers)), None if rebuild else "ok")
     if rebuild:
         bad += _report(verify_rebuild(project, store, list(layers), events=Printer()), "not reproducible",
                        "reproducible")
-    cache = _cache(project, Printer(), **cache_opts)
+    cache = None if repair else _cache(project, Printer(), **cache_opts)
     if cache is not None:
         bad += _verify_cache(project, cache, list(layers))
     sys.exit(1 if bad else 0)
+
+
+def _report_damage(checked, ok_word: str | None, hint: bool = True) -> int:
+    """One line per damaged blob (its layer, store entry and files), damaged or missing entry;
+    `NAME: ok_word` for a whole layer. The number of damaged layers."""
+    bad = 0
+    for name, damage in checked.layers.items():
+        for d in damage:
+            click.echo(d.line())
+        if damage:
+            bad += 1
+        elif ok_word:
+            click.echo(f"{name}: {ok_word}")
+    if hint and any(d.what != "missing" for d in checked.damage):
+        click.echo(f"{len(checked.damage)} problem(s) in {bad} layer(s); `lxclayer verify --repair` builds them again",
+                   err=True)
+    return bad
 
 
 def _verify_cache(project, cache, layers: list[str]) -> int:
@@ -733,7 +778,7 @@ def _cache_locks(ctx, all_roots: bool):
     from . import roots
 
     for root in roots.roots(_store(ctx).root):
-        if root.live():
+        if root.live:
             lock = locktoml.read(root.lock_file)
             if lock is not None:
                 found.append((f"{lock.template.name} ({root.lock_file})", lock))
@@ -744,6 +789,7 @@ def _required_cache(project, printer, cache_opts):
     cache = _cache(project, printer, **cache_opts)
     if cache is None:
         raise UserError("no cache given: --cache REF, $LXCLAYER_CACHE, or [cache] url in lxclayer.toml")
+    cache.required = True  # its faults end the command in one line, not a "building without it"
     return cache
 
 

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-
-from .e2e_support import unavailable
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lxclayer.check import Member, Violation, check_archive, check_members
 from lxclayer.errors import ArchiveError, UserError
+
+from .e2e_support import unavailable
 
 # --- building archives ------------------------------------------------------------------------
 

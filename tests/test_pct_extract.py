@@ -8,13 +8,12 @@ import subprocess
 
 import pytest
 
-from .e2e_support import unavailable
-
 from lxclayer.build import build
 from lxclayer.definitions import load_project
 from lxclayer.store import Store
 
 from .conftest import run_cli
+from .e2e_support import unavailable
 
 PCT_FLAGS = ["--totals", "--one-file-system", "-p", "--sparse", "--numeric-owner", "--acls", "--xattrs",
              "--xattrs-include=user.*", "--xattrs-include=security.capability",

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from .e2e_support import unavailable
-
 from lxclayer import snapshots
 from lxclayer.manifest import Entry, merge
 from lxclayer.scan import scan_dir
 from lxclayer.store import Store
+
+from .e2e_support import unavailable
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="snapshots need root (owners, device nodes)")
 pytestmark = needs_root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -10,11 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from lxclayer.build import Mode, build
 from lxclayer.definitions import load_project
-from lxclayer.errors import StoreCorruption
 from lxclayer.store import Store
 
 from .conftest import run_cli, write_project
@@ -74,17 +72,20 @@ def test_damaged_manifest_is_detected_and_rebuilt(project_dir, store_dir):
     assert second.archives[0].sha256 == first.archives[0].sha256
 
 
-def test_damaged_entry_under_locked_fails_naming_it(project_dir, store_dir):
+def test_damaged_entry_under_locked_is_named_and_built_again_to_the_locks_output(project_dir, store_dir):
     first = do_build(project_dir, store_dir)
     entry_dir = store_dir / "layers" / first.layers[1].input
     meta = entry_dir / "meta.json"
     meta.write_text(meta.read_text().replace(first.layers[1].output, "0" * 32))
+    (project_dir / "dist" / ARCHIVE).unlink()
     r = run_cli("--project", str(project_dir), "--store", str(store_dir), "build", "--locked")
-    assert r.returncode == 2
-    assert str(entry_dir) in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert f"{entry_dir}: manifest or meta.json does not match the entry's seal: removed from the store;" \
+           " building config again" in r.stderr
+    assert "built    config" in r.stderr
     assert "Traceback" not in r.stderr
-    with pytest.raises(StoreCorruption):
-        do_build(project_dir, store_dir, mode=Mode.LOCKED)
+    assert Store(store_dir).lookup(first.layers[1].input).output == first.layers[1].output
+    assert hashlib.sha256((project_dir / "dist" / ARCHIVE).read_bytes()).hexdigest() == first.archives[0].sha256
 
 
 def _spawn_build(project: Path, store: Path) -> subprocess.Popen:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import download
 from ..errors import BuildError, UserError
 from ..lock.model import Artifact
 from ..store import Store
@@ -23,50 +23,11 @@ from ..store import Store
 SNAPSHOT_HINT = ("if the mirror no longer serves it, set LXCLAYER_DEB_MIRRORS to a snapshot mirror "
                  "(see docs/builders.md, 'Snapshot mirrors')")
 WORKERS = 6
-TIMEOUT = 60
-RETRIES = 3  # tries of one URL on a transient failure (reset, time-out, 5xx); a 404 is final
-RETRY_PAUSE = 2.0  # seconds before the second try, doubled for each further one
+RETRIES = download.RETRIES  # (the policy is lxclayer.download's)
 
 
 def extra_deb_mirrors() -> list[str]:
     return [m.rstrip("/") for m in os.environ.get("LXCLAYER_DEB_MIRRORS", "").split() if m]
-
-
-class NotFound(Exception):
-    pass
-
-
-def _download(url: str, dest: Path) -> None:
-    import urllib.error  # imported here: start-up stays light
-    import urllib.request
-
-    req = urllib.request.Request(url, headers={"User-Agent": "lxclayer"})
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as r, open(dest, "wb") as f:  # noqa: S310
-            while block := r.read(1 << 20):
-                f.write(block)
-    except urllib.error.HTTPError as e:
-        dest.unlink(missing_ok=True)
-        if e.code in (403, 404, 410):
-            raise NotFound(f"{url}: HTTP {e.code}") from None
-        raise OSError(f"{url}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        dest.unlink(missing_ok=True)
-        raise OSError(f"{url}: {getattr(e, 'reason', e)}") from None
-
-
-def _download_retrying(url: str, dest: Path) -> None:
-    """`_download`, tried again after a transient failure; NotFound is final at once."""
-    for attempt in range(RETRIES):
-        try:
-            _download(url, dest)
-            return
-        except NotFound:
-            raise
-        except OSError:
-            if attempt == RETRIES - 1:
-                raise
-            time.sleep(RETRY_PAUSE * 2**attempt)
 
 
 def fetch_all(
@@ -108,38 +69,32 @@ def fetch_all(
 
     def one(item: tuple[Artifact, str, list[str]]) -> tuple[str, Path]:
         a, shown, urls = item
-        part = tmp / f"{a.sha256}.part"
-        errors: list[str] = []
-        notfound = 0
-        for url in urls:
-            try:
-                _download_retrying(url, part)
-            except NotFound as e:
-                notfound += 1
-                errors.append(str(e))
-                continue
-            except OSError as e:
-                errors.insert(0, str(e))  # a transient failure says more than another mirror's 404
-                continue
-            try:
-                return a.sha256, store.put_artifact_file(part, a.sha256, name=shown)
-            except UserError as e:
-                raise BuildError(f"{e.reason} (downloaded from {url})", file=file, key=key) from None
-        if notfound == len(urls):
-            raise BuildError(f"{kind} {shown} is not served by {', '.join(_hosts(urls))}; {SNAPSHOT_HINT}",
-                             file=file, key=key)
-        raise BuildError(f"cannot download {kind} {shown}: {errors[0] if errors else 'no URL'}",
-                         file=file, key=key)
+        dest = tmp / f"{a.sha256}.download"
+        try:
+            url = download.fetch(urls, dest, sha256=a.sha256, size=a.size or None, log=log)
+        except download.DownloadError as e:
+            if e.kind == download.GONE:
+                raise BuildError(f"{kind} {shown} is not served by {', '.join(_hosts(urls))}; {SNAPSHOT_HINT}",
+                                 file=file, key=key) from None
+            raise BuildError(f"cannot download {kind} {shown}: {e.reason}", file=file, key=key) from None
+        try:
+            return a.sha256, store.put_artifact_file(dest, a.sha256, name=shown)
+        except UserError as e:
+            raise BuildError(f"{e.reason} (downloaded from {download.redact(url)})", file=file, key=key) from None
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         futures = [pool.submit(one, m) for m in missing]
         first_error: BaseException | None = None
         for f in futures:
+            if f.cancelled():
+                continue
             try:
                 sha, path = f.result()
                 have[sha] = path
-            except BaseException as e:  # noqa: BLE001 - re-raised below, after the others finish
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the running ones finish
                 first_error = first_error or e
+                for other in futures:  # the build fails anyway: start no further download
+                    other.cancel()
         if first_error is not None:
             raise first_error
     return have

@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import zstandard
 
 from .. import tarformat
-from ..check import Violation
+from ..check import Member, Violation, _ZstdReader, check_layers, compression_of, member_of
 from ..digest import digest
 from ..errors import ArchiveError
 from ..lock.model import Lockfile
@@ -477,21 +478,152 @@ class OciImage(Exporter):
                 keep.artifacts.add(_blob_dec.decode(rec).digest.removeprefix("sha256:"))
 
     def check(self, path: Path) -> list[Violation]:
-        """The layout's rules (read_layout), and every layer blob against its digest."""
+        """The layout's rules (read_layout); every layer blob against its digest, its media type
+        (one PVE applies) and its compression (the media type's); its uncompressed bytes against
+        its diff_id; and the layers' members, merged as PVE applies them, by the rules the
+        tar.gz is checked by (check.check_layers). Decompression streams: constant memory."""
         try:
             layout = read_layout(path)
         except ArchiveError as e:
             return [Violation(path=path.name, rule="oci-layout", message=e.message())]
-        out = []
+        out: list[Violation] = []
         with open(path, "rb") as f:
-            for d in layout.blobs:
-                h = hashlib.sha256()
-                for data in layout.blob(f, d).chunks():
-                    h.update(data)
-                if "sha256:" + h.hexdigest() != d:
-                    out.append(Violation(path=f"blobs/sha256/{d[7:]}", rule="oci-blob",
-                                         message="the layer blob does not match its digest"))
+            def layers() -> Iterator[Iterator[Member]]:
+                for n, (d, diff_id) in enumerate(zip(layout.manifest.layers, layout.config.rootfs.diff_ids,
+                                                     strict=True), 1):
+                    comp = PVE_LAYERS.get(d.media_type)
+                    if comp is None:
+                        out.append(Violation(f"blobs/sha256/{d.digest[7:]}", "oci-media-type",
+                                             f"layer {n} has media type {d.media_type!r}: Proxmox VE 9.1 "
+                                             "applies only tar layers (plain, +gzip, +zstd), and pct create "
+                                             "fails on this one"))
+                        _check_digest(layout.blob(f, d.digest), d.digest, out)
+                        continue
+                    yield _layer_members(layout.blob(f, d.digest), d.digest, comp, diff_id, n, out)
+
+            tree = check_layers(layers())
+        return out + tree
+
+
+# The layer media types PVE 9.1 applies (proxmox-oci), and the compression each must have.
+PVE_LAYERS = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+}
+
+
+class _Hashing:
+    """A reader that hashes (sha256) what passes through it."""
+
+    def __init__(self, inner):
+        self._inner, self.sha = inner, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self.sha.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
+class _GzipFirst:
+    """The first gzip member only, as flate2's GzDecoder (PVE) reads a layer; decompressed a
+    bounded piece at a time. `extra` says whether anything but zeros followed that member."""
+
+    def __init__(self, raw):
+        self._raw, self._d, self._buf, self.extra = raw, zlib.decompressobj(31), b"", False
+
+    def read(self, n: int = -1) -> bytes:
+        n = 1 << 20 if n is None or n < 0 else n
+        while len(self._buf) < n and not self._d.eof:
+            data = self._d.unconsumed_tail or self._raw.read(1 << 16)
+            if not data:
+                raise EOFError("gzip data ends inside its member (truncated)")
+            self._buf += self._d.decompress(data, n - len(self._buf))
+        out, self._buf = self._buf[:n], self._buf[n:]
         return out
+
+    def rest(self) -> None:
+        """Read what follows the first member (the blob's hash needs every byte)."""
+        tail = self._d.unused_data
+        while True:
+            if tail.strip(b"\0"):
+                self.extra = True
+            tail = self._raw.read(1 << 16)
+            if not tail:
+                return
+
+
+def _check_digest(blob: BlobSlice, digest_: str, out: list[Violation]) -> None:
+    h = _Hashing(blob)
+    h.drain()
+    if h.digest() != digest_:
+        out.append(Violation(f"blobs/sha256/{digest_[7:]}", "oci-blob", "the layer blob does not match its digest"))
+
+
+def _layer_members(blob: BlobSlice, digest_: str, comp: str, diff_id: str, n: int,
+                   out: list[Violation]) -> Iterator[Member]:
+    """The members of one layer blob, streamed; the blob's digest, compression and diff_id are
+    checked on the way (violations into `out`)."""
+    where = f"blobs/sha256/{digest_[7:]}"
+    raw = _Hashing(blob)
+    head = raw.read(8)
+    found = compression_of(head)
+    rest = _Prefixed(head, raw)
+    if found != comp:
+        out.append(Violation(where, "oci-compression", f"layer {n} is typed {comp}-compressed but its "
+                             f"bytes are {found}-compressed: PVE fails to read it"))
+        raw.drain()
+        if raw.digest() != digest_:
+            out.append(Violation(where, "oci-blob", "the layer blob does not match its digest"))
+        return
+    plain = _GzipFirst(rest) if comp == "gzip" else _ZstdReader(rest) if comp == "zstd" else rest
+    tar = _Hashing(plain)
+    try:
+        with tarfile.open(fileobj=tar, mode="r|") as tf:  # type: ignore[call-overload]
+            while (ti := tf.next()) is not None:
+                yield member_of(ti)
+                tf.members.clear()
+        tar.drain()
+        if isinstance(plain, _GzipFirst):
+            plain.rest()
+            if plain.extra:
+                out.append(Violation(where, "oci-compression", f"layer {n} has more than one gzip member: "
+                                     "PVE reads the first only"))
+        raw.drain()
+    except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError, UnicodeError) as e:
+        out.append(Violation(where, "oci-layer", f"layer {n} does not read as a tar: {e or type(e).__name__}"))
+        return
+    if raw.digest() != digest_:
+        out.append(Violation(where, "oci-blob", "the layer blob does not match its digest"))
+    if tar.digest() != diff_id:
+        out.append(Violation(where, "oci-diff-id", f"layer {n}'s uncompressed tar has sha256 {tar.digest()}, "
+                             f"rootfs.diff_ids says {diff_id}: PVE finds layers by it and fails"))
+
+
+class _Prefixed:
+    """`head` (already read), then the rest of `inner`."""
+
+    def __init__(self, head: bytes, inner):
+        self._head, self._inner = head, inner
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                data, self._head = self._head, b""
+                return data + self._inner.read(-1)
+            data, self._head = self._head[:n], self._head[n:]
+            return data
+        return self._inner.read(n)
 
 
 EXPORTERS = {FORMAT: OciImage()}

@@ -114,3 +114,50 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
               for m in _PARAM_RE.finditer(rest)}
     return scheme.lower(), params
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_realm(realm: str, registry: str) -> tuple[str, str]:
+    """The (scheme, HOST[:PORT]) of a bearer challenge's realm, which must be an http(s) URL with
+    a host; anything else (`file:///etc/passwd`, `::::`) is refused in one line. The realm itself
+    is never shown: it comes from the server and may carry anything."""
+    import urllib.parse
+
+    try:
+        u = urllib.parse.urlsplit(realm)
+        host, _port = u.hostname, u.port  # .port raises ValueError for a bad port
+    except ValueError:
+        host = None
+        u = None
+    if u is None or u.scheme not in ("http", "https") or not host or u.username or u.password:
+        raise RegistryAuthError(f"registry {registry}: its token realm is not an http(s) URL with a "
+                                "host; refused")
+    return u.scheme, u.netloc
+
+
+def may_send_credentials(realm_scheme: str, realm_netloc: str, registry: str, *,
+                         registry_scheme: str) -> bool:
+    """Whether our credentials for `registry` may go to the token realm it named, as Docker and
+    the OCI clients decide: to any HTTPS realm (Docker Hub's is auth.docker.io, another host);
+    over plain HTTP only to a loopback host, or to the registry's own host when the registry
+    itself is spoken to over plain HTTP (--cache-insecure: the user chose it). A redirect from
+    the realm to another host never carries them (see RegistryClient._once)."""
+    if realm_scheme == "https":
+        return True
+    if realm_scheme != "http":
+        return False
+    host = realm_netloc.rpartition("@")[2]
+    bare = host[1:host.index("]")] if host.startswith("[") else host.rpartition(":")[0] or host
+    if _is_loopback(bare):
+        return True
+    return registry_scheme == "http" and host == registry

@@ -5,6 +5,13 @@ hashed, and renamed into place only when its sha256 and size are right; a manife
 checked against the digest asked for and against Docker-Content-Digest. Transient faults
 (refused, reset, time-out, short read, 5xx, 429) are retried with bounded back-off, then raised
 as RegistryUnavailable. Credentials never leave the Authorization header.
+
+Bounds, against a registry that answers with intent (docs/cache.md): every operation (one API
+call, or one blob download with its retries) has a wall-clock deadline that covers the body too:
+a watchdog shuts the operation's sockets when it passes, so an answer trickled one byte at a time
+ends there; it is not retried. A blob is never read past the size its descriptor gives, and an
+answer whose Content-Length exceeds it is refused without reading it (and not retried). A client
+may also have an end for all its operations (the build's cache budget).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import msgspec
 
 from ..errors import UserError
 from . import oci
-from .auth import Credentials, load_credentials, parse_challenge
+from .auth import Credentials, check_realm, load_credentials, may_send_credentials, parse_challenge
 from .errors import (
     BlobUnknown,
     DigestMismatch,
@@ -53,11 +60,63 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
+class _Operation:
+    """The wall-clock deadline of one operation: when it passes, every socket the operation uses
+    is shut down, so a read blocked on a trickling server returns at once."""
+
+    def __init__(self, seconds: float, end: float | None):
+        now = time.monotonic()
+        self.end = now + seconds if end is None else min(now + seconds, end)
+        self.by_budget = end is not None and end <= now + seconds
+        self.seconds = seconds
+        self.expired = False
+        self._socks: set = set()
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, self.end - now), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def watch(self, conn) -> None:
+        sock = getattr(conn, "sock", None)
+        if sock is None:
+            return
+        with self._lock:
+            if self.expired:
+                _shut(sock)
+            else:
+                self._socks.add(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                _shut(sock)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._socks.clear()
+
+
+def _shut(sock) -> None:
+    try:
+        # the plain socket's shutdown, also for a TLS socket (whose own would drop its state
+        # under a read blocked in another thread): that read then sees the end of the stream
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class RetryPolicy(msgspec.Struct, frozen=True):
     attempts: int = 4          # tries per operation
     first_delay: float = 0.2   # seconds; doubles each time
     max_delay: float = 2.0
     total: float = 30.0        # an operation gives up after this many seconds of retrying
+    deadline: float = 30.0     # wall-clock seconds per operation, bodies and retries included
+    per_mib: float = 4.0       # ... plus this many seconds per MiB of a blob's declared size (256 KiB/s)
 
 
 class Response:
@@ -77,7 +136,7 @@ class RegistryClient:
     def __init__(self, ref: Reference, *, credentials: Credentials | None = None,
                  auth_file: str | os.PathLike | None = None, ca_file: str | None = None,
                  insecure: bool = False, timeout: float = 30.0, retry: RetryPolicy | None = None,
-                 workers: int = 4):
+                 workers: int = 4, budget_end: float | None = None):
         self.ref = ref
         self.repository = ref.repository
         self._creds = credentials if credentials is not None else load_credentials(ref.registry, auth_file)
@@ -89,9 +148,11 @@ class RegistryClient:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.workers = workers
+        self.budget_end = budget_end        # time.monotonic() after which nothing is asked
         self._token: dict[str, str] = {}   # scope -> Authorization header value
         self._lock = threading.Lock()
         self._idle = threading.local()      # per thread: kept-alive connections
+        self._ops = threading.local()       # per thread: the operation under way
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.scheme}://{self.ref.registry}/{self.repository})"
@@ -123,20 +184,26 @@ class RegistryClient:
 
     def _once(self, method: str, url: str, headers: dict[str, str], body, stream: bool,
               limit: int) -> Response:
-        """One HTTP exchange, following redirects (without our Authorization on other hosts)."""
+        """One HTTP exchange, following redirects. Our Authorization goes to the host first
+        asked only: a redirect to another host (or to plain HTTP) never carries it."""
+        first = urllib.parse.urlsplit(url)
         for _ in range(5):
             u = urllib.parse.urlsplit(url)
-            if u.scheme == "http" and self.scheme == "https":
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise RegistryProtocolError(f"registry {self.ref.registry}: redirected to a URL that "
+                                            "is not http(s); refused")
+            if u.scheme == "http" and (self.scheme == "https" or first.scheme == "https"):
                 raise RegistryProtocolError(f"registry {self.ref.registry} redirected to plain HTTP; refused")
             key = (u.scheme, u.hostname, u.port)
             conn, reused = self._connect(*key[1:], u.scheme)
             target = u.path + (f"?{u.query}" if u.query else "")
             hdrs = dict(headers)
-            if u.netloc != self.ref.registry:
+            if u.netloc != first.netloc or u.scheme != first.scheme:
                 hdrs.pop("Authorization", None)
             data = body() if callable(body) else body
             try:
                 try:
+                    self._start(conn)
                     conn.request(method, target, body=data, headers=hdrs)
                     r = conn.getresponse()
                 except (ConnectionError, http.client.RemoteDisconnected):
@@ -148,6 +215,7 @@ class RegistryClient:
                         data.close()
                     data = body() if callable(body) else body
                     conn, reused = self._connect(*key[1:], u.scheme)[0], False
+                    self._start(conn)
                     conn.request(method, target, body=data, headers=hdrs)
                     r = conn.getresponse()
                 hs = {k.lower(): v for k, v in r.getheaders()}
@@ -174,6 +242,44 @@ class RegistryClient:
                 if hasattr(data, "close"):
                     data.close()
         raise RegistryProtocolError(f"registry {self.ref.registry}: too many redirects")
+
+    def _start(self, conn) -> None:
+        """Connect `conn` (if it is new) under the current operation's deadline, and let the
+        operation's watchdog shut it when the deadline passes."""
+        op = getattr(self._ops, "op", None)
+        if op is None:
+            return
+        left = op.remaining()
+        if left <= 0 or op.expired:
+            raise _Transient("deadline passed")
+        if conn.sock is None:
+            conn.timeout = min(self.timeout, left)
+            conn.connect()
+        conn.sock.settimeout(min(self.timeout, left))
+        op.watch(conn)
+
+    def operation(self, size: int = 0):
+        """A context for one operation: its deadline (the policy's, plus time for `size` bytes),
+        shared by nested calls in the same thread."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            if getattr(self._ops, "op", None) is not None:
+                yield self._ops.op
+                return
+            if self.budget_end is not None and time.monotonic() >= self.budget_end:
+                raise RegistryUnavailable(f"registry {self.ref.registry}: the cache's time budget "
+                                          "for this build is spent")
+            op = _Operation(self.retry.deadline + self.retry.per_mib * size / (1 << 20), self.budget_end)
+            self._ops.op = op
+            try:
+                yield op
+            finally:
+                self._ops.op = None
+                op.close()
+
+        return scope()
 
     def close(self) -> None:
         """Close the connections this thread keeps alive (others close with their threads)."""
@@ -203,12 +309,15 @@ class RegistryClient:
             return
         if scheme != "bearer" or "realm" not in params:
             raise RegistryProtocolError(f"registry {self.ref.registry}: unsupported auth challenge {scheme!r}")
+        realm_scheme, realm_host = check_realm(params["realm"], self.ref.registry)
+        if realm_scheme != "https" and not self.ref.loopback and self.scheme == "https":
+            raise RegistryAuthError(f"registry {self.ref.registry}: token realm is not HTTPS; refused")
         q = {"service": params.get("service", "")}
         q["scope"] = params.get("scope") or scope
         url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(q)
-        headers = {"Authorization": self._creds.basic_header()} if self._creds else {}
-        if urllib.parse.urlsplit(url).scheme != "https" and not self.ref.loopback and self.scheme == "https":
-            raise RegistryProtocolError(f"registry {self.ref.registry}: token realm is not HTTPS; refused")
+        send = self._creds is not None and may_send_credentials(
+            realm_scheme, realm_host, self.ref.registry, registry_scheme=self.scheme)
+        headers = {"Authorization": self._creds.basic_header()} if send else {}
         r = self._once("GET", url, headers, None, False, MAX_SMALL_BODY)
         if r.status in (401, 403):
             raise RegistryAuthError(f"registry {self.ref.registry} refused the credentials (token service)")
@@ -230,8 +339,9 @@ class RegistryClient:
         """One API call with auth and retries. `body` may be bytes or a callable opening a file."""
         scope = scope or f"repository:{self.repository}:pull"
         url = path if "://" in path else self._url(path)
-        return self._retrying(lambda: self._call(method, url, headers or {}, body, set(ok), stream,
-                                                 limit, scope, what))
+        with self.operation():
+            return self._retrying(lambda: self._call(method, url, headers or {}, body, set(ok), stream,
+                                                     limit, scope, what))
 
     def _call(self, method, url, headers, body, ok, stream, limit, scope, what) -> Response:
         authed = False
@@ -260,12 +370,19 @@ class RegistryClient:
         p = self.retry
         start = time.monotonic()
         delay = p.first_delay
+        op = getattr(self._ops, "op", None)
         for attempt in range(1, p.attempts + 1):
             try:
                 return fn()
             except _Transient as t:
                 last = t.why
                 wait = min(t.retry_after if t.retry_after is not None else delay, p.max_delay)
+                if op is not None and (op.expired or op.remaining() <= wait):
+                    if op.by_budget:
+                        raise RegistryUnavailable(f"registry {self.ref.registry}: the cache's time "
+                                                  "budget for this build is spent") from None
+                    raise RegistryUnavailable(f"registry {self.ref.registry}: no complete answer within "
+                                              f"{op.seconds:.0f} s ({last}); given up") from None
                 if attempt == p.attempts or time.monotonic() - start + wait > p.total:
                     break
                 time.sleep(wait)
@@ -294,11 +411,18 @@ class RegistryClient:
         def attempt():
             r = self.request("GET", f"/v2/{self.repository}/blobs/{digest}", stream=True,
                              what=f"blob {digest}")
+            length = _int(r.headers.get("content-length"))
+            if size is not None and length is not None and length > size:
+                r.close()
+                raise DigestMismatch(f"registry {self.ref.registry}: blob {digest} is answered with "
+                                     f"{length} bytes, its descriptor says {size}; refused")
             h = hashlib.sha256()
             n = 0
             try:
                 with open(tmp, "wb") as f:
-                    while chunk := r.raw.read(CHUNK):
+                    # read1: one socket read at a time (a trickle cannot keep one call busy), and
+                    # never past the declared size (one byte more proves the answer too long).
+                    while chunk := r.raw.read1(CHUNK if size is None else min(CHUNK, size + 1 - n)):
                         h.update(chunk)
                         f.write(chunk)
                         n += len(chunk)
@@ -315,13 +439,17 @@ class RegistryClient:
             if expected is not None and n < expected:
                 raise _Transient(f"blob {digest} cut short ({n} of {expected} bytes)")
             got = "sha256:" + h.hexdigest()
+            if size is not None and n > size:
+                raise DigestMismatch(f"registry {self.ref.registry}: blob {digest} is longer than the "
+                                     f"{size} bytes its descriptor says; refused")
             if got != digest or (size is not None and n != size):
                 raise DigestMismatch(f"registry {self.ref.registry}: blob {digest} has digest {got} "
                                      f"({n} bytes); refused")
             return None
 
         try:
-            self._retrying(attempt)
+            with self.operation(size or 0):
+                self._retrying(attempt)
             os.replace(tmp, dest)
         finally:
             if tmp.exists():
@@ -329,9 +457,10 @@ class RegistryClient:
         return dest
 
     def fetch_blob(self, digest: str, *, limit: int = MAX_MANIFEST) -> bytes:
-        """A small blob (config, metadata) into memory, verified."""
-        r = self.request("GET", f"/v2/{self.repository}/blobs/{_check_digest(digest)}", limit=limit,
-                         what=f"blob {digest}")
+        """A small blob (config, metadata) into memory, verified; never more than `limit` bytes."""
+        with self.operation(limit):
+            r = self.request("GET", f"/v2/{self.repository}/blobs/{_check_digest(digest)}", limit=limit,
+                             what=f"blob {digest}")
         _verify(r.body, digest, f"registry {self.ref.registry}: blob")
         return r.body
 
@@ -368,7 +497,8 @@ class RegistryClient:
                                     "Content-Length": str(size)}, body, {201}, False,
                        MAX_SMALL_BODY, push, f"blob {digest}")
 
-        self._retrying(attempt)
+        with self.operation(size):
+            self._retrying(attempt)
         return digest
 
     def get_manifest(self, reference: str, *, accept: Iterable[str] = oci.MANIFEST_TYPES) -> tuple[str, str, bytes]:

@@ -92,8 +92,14 @@ class Store(abc.ABC):
         """Store a built layer (its blobs already put) under its input digest, atomically."""
 
     @abc.abstractmethod
-    def evict(self, damage: StoreCorruption, stack: list[LayerEntry]) -> None:
-        """Remove what a damage report names, so that it is built again."""
+    def remove_entry(self, input_digest: str) -> None:
+        """Take one layer entry out of the store (it is built, or pulled, again when next wanted)."""
+
+    @abc.abstractmethod
+    def evict(self, damage: StoreCorruption, stack: list[LayerEntry]) -> list[str]:
+        """Remove what a damage report names, so that it is built again: the damaged entry, or
+        the damaged blob and every entry of `stack` that names it. Returns the input digests of
+        the entries removed."""
 
     @abc.abstractmethod
     def entries(self) -> Iterator[str]:

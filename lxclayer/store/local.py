@@ -497,17 +497,32 @@ class LocalStore(Store):
             return  # not there, or another run removed it first
         rmtree(dead)
 
-    def evict(self, damage: StoreCorruption, stack: list[LayerEntry]) -> None:
+    def evict(self, damage: StoreCorruption, stack: list[LayerEntry]) -> list[str]:
         """Remove what a damage report names: a layer entry, or a blob and every entry of
-        `stack` that refers to it, so that they are built again."""
+        `stack` that refers to it, so that they are built again (a blob is removed, not left
+        for the rebuild to overwrite: putting a blob the store has already is a no-op)."""
         path = Path(damage.entry)
-        if path.parent.name == "layers":
+        removed: list[str] = []
+        if path.parent == self.root / "layers":
             self.remove_entry(path.name)
-        elif path.parent.parent.name == "blobs":
+            removed.append(path.name)
+        elif path.parent.parent == self.root / "blobs":
+            try:
+                for _ in self.iter_blob(path.name):
+                    pass
+                return removed  # whole again: another build healed it meanwhile
+            except StoreCorruption:
+                pass
             path.unlink(missing_ok=True)
             for entry in stack:
-                if any(x.hash == path.name for x in entry.entries):
+                try:
+                    uses = any(x.hash == path.name for x in entry.entries)
+                except StoreCorruption:
+                    uses = True  # its manifest is damaged too: it goes as well
+                if uses:
                     self.remove_entry(entry.input)
+                    removed.append(entry.input)
+        return removed
 
     # --- compressed archive chunks --------------------------------------------------------------
 

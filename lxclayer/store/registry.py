@@ -17,12 +17,20 @@ same entry both succeed with one copy kept. Pulled bytes are checked twice: the 
 each blob's sha256 while it streams, and every file is put into the store through its own
 xxh3 check before anything refers to it. Whether a pulled entry may be *used* (its output
 digest against the lock) is the caller's decision: see :mod:`lxclayer.cache`.
+
+Nothing pulled is larger than what its manifest accounts for: the metadata and the entry's
+manifest are read up to their descriptors' sizes; the packs together may not claim more than
+the files the entry names can take as tars compressed with zstd (`pack_bound`), each pack is
+read up to its descriptor's size, each of its files must have the size the entry gives it and
+is streamed to disk, and no pack decompresses to more than the entry's files can fill.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -51,6 +59,10 @@ LAYER = "dev.lxclayer.layer"  # annotation: the layer's name (informational)
 PACK_SIZE = 64 << 20
 ZSTD_LEVEL = 3
 MAX_ENTRY_MANIFEST = 256 << 20
+MAX_META = 4 << 20
+MAX_CHUNK_BLOB = 64 << 20  # compose's chunks hold at most ~8 MiB; they are read into memory
+IN_MEMORY = 4 << 20  # a pack member up to this size is read into memory, a larger one streamed to disk
+_BLOCK = tarfile.BLOCKSIZE
 
 _meta_dec = msgspec.json.Decoder(LayerMeta)
 _manifest_dec = msgspec.msgpack.Decoder(list[Entry])
@@ -121,8 +133,10 @@ class RegistryCache:
                 or m.layers[0].media_type != MANIFEST_TYPE
                 or any(d.media_type != PACK_TYPE for d in m.layers[1:])):
             raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)} is not an lxclayer layer entry")
+        if m.config.size > MAX_META:
+            raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: metadata too large")
         try:
-            meta = _meta_dec.decode(self.client.fetch_blob(m.config.digest))
+            meta = _meta_dec.decode(self.client.fetch_blob(m.config.digest, limit=m.config.size))
         except msgspec.DecodeError:
             raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: metadata does not decode") from None
         if meta.input != input_digest:
@@ -130,21 +144,26 @@ class RegistryCache:
         if m.layers[0].size > MAX_ENTRY_MANIFEST:
             raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: manifest too large")
         try:
-            entries = _manifest_dec.decode(self.client.fetch_blob(m.layers[0].digest, limit=MAX_ENTRY_MANIFEST))
+            entries = _manifest_dec.decode(self.client.fetch_blob(m.layers[0].digest, limit=m.layers[0].size))
         except msgspec.DecodeError:
             raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: manifest does not decode") from None
-        wanted = {e.hash for e in entries if e.type == "file" and e.hash}
+        wanted = {e.hash: e.size for e in entries if e.type == "file" and e.hash}
         missing = {h for h in wanted if not store.has_blob(h)}
         blobs = 0
         size = 0
         if missing:
             packs = m.layers[1:]
+            tar_max = tar_bound(wanted.values(), len(packs))
+            claimed, bound = sum(d.size for d in packs), pack_bound(tar_max, len(packs))
+            if claimed > bound or any(d.size < 0 for d in packs):
+                raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: its packs claim {claimed} "
+                                     f"bytes, the files its manifest names take at most {bound}")
             with store.staging("pull") as tmp:
                 paths = self.client.pull_blobs(
                     (d.digest, tmp / d.digest.removeprefix("sha256:"), d.size) for d in packs)
-                size = sum(d.size for d in packs)
+                size = claimed
                 with ThreadPoolExecutor(2) as pool:
-                    for n in pool.map(lambda p: _unpack(p, store, wanted), paths):
+                    for n in pool.map(lambda p: _unpack(p, store, wanted, tar_max), paths):
                         blobs += n
             still = [h for h in missing if not store.has_blob(h)]
             if still:
@@ -198,6 +217,9 @@ class RegistryCache:
         names: list[str] = []
         with store.staging("pull") as tmp:
             wanted = [d for d in m.layers if not _have(store, d)]
+            if any(d.media_type == CHUNK_TYPE and d.size > MAX_CHUNK_BLOB for d in wanted):
+                raise DigestMismatch(f"{self.where}: {outputs_tag(key)} names a chunk larger than "
+                                     f"{MAX_CHUNK_BLOB >> 20} MiB; refused")
             paths = self.client.pull_blobs((d.digest, tmp / d.digest.removeprefix("sha256:"), d.size)
                                            for d in wanted)
             for d, path in zip(wanted, paths, strict=True):
@@ -285,21 +307,77 @@ def _pack_bytes(pack: list[tuple[str, int]], store: Store) -> bytes:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buf.getvalue())
 
 
-def _unpack(path: Path, store: Store, wanted: set[str]) -> int:
-    """Put a pack's files into the store, each through the store's own hash check."""
+def tar_bound(sizes: Iterable[int], packs: int) -> int:
+    """The most bytes tars holding files of `sizes` can take (as `_pack_bytes` makes them: one
+    header block each, the contents padded to blocks, the end blocks padded to a record)."""
+    total = sum(_BLOCK + -(-max(0, s) // _BLOCK) * _BLOCK for s in sizes)
+    return total + packs * (tarfile.RECORDSIZE + 2 * _BLOCK)
+
+
+def pack_bound(tar_bytes: int, packs: int) -> int:
+    """The most bytes zstd can make of `tar_bytes` in `packs` frames (ZSTD_compressBound, with
+    room for each frame's header and checksum)."""
+    return tar_bytes + (tar_bytes >> 7) + packs * 1024
+
+
+class _Bounded:
+    """A reader that refuses to give more than `limit` bytes (a pack decompressing to more than
+    the entry's files can fill is a bomb, whatever its members say)."""
+
+    def __init__(self, inner, limit: int):
+        self._inner, self.left = inner, limit
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = 1 << 20
+        data = self._inner.read(min(n, self.left + 1))
+        self.left -= len(data)
+        if self.left < 0:
+            raise DigestMismatch("a pack from the cache decompresses to more than the files its "
+                                 "entry names; refused")
+        return data
+
+
+def _unpack(path: Path, store: Store, wanted: dict[str, int], tar_max: int) -> int:
+    """Put a pack's files into the store, each through the store's own hash check. Each member's
+    size is checked against the entry before it is read; a large one is streamed to disk."""
     n = 0
     try:
         with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as z, \
-                tarfile.open(fileobj=z, mode="r|") as tf:
+                tarfile.open(fileobj=_Bounded(z, tar_max), mode="r|") as tf:
             for m in tf:
                 if not m.isfile() or m.name not in wanted:
                     continue
+                if m.size != wanted[m.name]:
+                    raise DigestMismatch(f"a cached file named {m.name} has {m.size} bytes, its entry "
+                                         f"says {wanted[m.name]}; refused")
                 fo = tf.extractfile(m)
                 assert fo is not None
-                h = store.put_blob(fo.read())
+                if m.size <= IN_MEMORY:
+                    h = store.put_blob(fo.read(m.size))
+                else:
+                    h = _put_streamed(fo, m.size, path.with_name(f".{path.name}.member"), store)
                 if h != m.name:
                     raise DigestMismatch(f"a cached file named {m.name} holds {h}; refused")
                 n += 1
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
         raise DigestMismatch(f"a pack from the cache does not read ({e}); refused") from None
     return n
+
+
+def _put_streamed(fo, size: int, tmp: Path, store: Store) -> str:
+    """A large member: to a file next to the pack in blocks, then into the store."""
+    try:
+        with open(tmp, "wb") as out:
+            left = size
+            while left > 0:
+                block = fo.read(min(1 << 20, left))
+                if not block:
+                    raise EOFError("a pack member ends early")
+                out.write(block)
+                left -= len(block)
+        h, _ = store.put_blob_file(tmp)
+        return h
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
