@@ -411,7 +411,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 wrote = True
         # SLSA provenance of what this build made: after the lock is written, so that its git
         # state (dirty or not) is the tree's as the build leaves it
-        prov = write_provenance(new, out_dir, git_source(project.root, exclude=[out_dir]))
+        prov = write_provenance(new, out_dir, git_source(project.root, exclude=[out_dir])) if formats else None
     return BuildResult(layers=plans, archives=archives, lock_file=lock_path, lock_written=wrote,
                        seconds=time.monotonic() - t0, sbom=sbom, cache=shared.stats if shared else None,
                        provenance=prov)
