@@ -225,6 +225,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
             with hermetic.fixed_umask():
                 artifacts = mod.resolve(ctx)
         ctx.artifacts = artifacts
+        if locked is not None and artifacts == locked.artifacts:
+            ctx.resolved_at = locked.resolved_at  # ({timestamp} of the artifact fallbacks)
         resolved = mod.resolved_inputs(ctx) if hasattr(mod, "resolved_inputs") else {}
         drv = ev.derive(layer, artifacts, resolved, [e.output for e in below])
         p.input = drv.input
@@ -316,6 +318,22 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
     )
 
 
+def _stamped(new: Lockfile, old: Lockfile | None) -> Lockfile:
+    """`new` with each layer's `resolved_at`: the old lock's where the pins are the old ones,
+    now where they were resolved in this run (none for a layer without pins)."""
+    from .artifacts import now_resolved_at
+
+    for name, la in new.layers.items():
+        prev = old.layers.get(name) if old is not None else None
+        if not any(la.artifacts.values()):
+            la.resolved_at = ""
+        elif prev is not None and prev.artifacts == la.artifacts:
+            la.resolved_at = prev.resolved_at  # (a lock from before resolved_at: not known)
+        else:
+            la.resolved_at = now_resolved_at()
+    return new
+
+
 def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: bool = False,
           formats: list[str] | None = None, out_dir: Path | None = None, write_lock: bool = True,
           jobs: int | None = None, events: Events | None = None,
@@ -392,7 +410,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                                       lambda fmt=fmt: outputs.kept(store, fmt, stack_lock, entries), store)
         wrote = False
         if write_lock and mode is Mode.NORMAL:
-            new = _lock_from(project, entries, archives, lock)
+            new = _stamped(_lock_from(project, entries, archives, lock), lock)
             if lock is None or locktoml.dumps(new) != locktoml.dumps(lock):
                 locktoml.write(lock_path, new)
                 wrote = True

@@ -425,6 +425,55 @@ def lock_diff(ctx, old, new, fmt, git_args, rest) -> None:
 
 
 @cli.command()
+@click.option("--template", "template_name", metavar="NAME", default=None,
+              help="The template to check (default: the project's default-template).")
+@click.option("--all", "all_templates", is_flag=True, help="Every template of the project.")
+@click.option("--security", is_flag=True, help="Only security updates count (the -security suites).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"outdated": [...]} on stdout.')
+@click.option("--offline", is_flag=True, hidden=True)
+@click.pass_context
+def outdated(ctx, template_name, all_templates, security, as_json, offline) -> None:
+    """Say which pinned packages and wheels have newer versions at their sources today.
+
+    One line per source package: locked -> available, the pocket (security, updates,
+    release; `index` for wheels), the packages, layers and templates. Exit code 0: nothing
+    outdated; 1: something is (with --security: a security update); 2: bad input or a source
+    that cannot be read.
+
+    \b
+    Example:
+      lxclayer outdated --all
+      lxclayer outdated --security --json    # a CI gate: exit 1 when a security fix is out
+    """
+    from . import outdated as od
+    from .errors import BuildError
+
+    if offline:
+        raise UserError("outdated reads the sources' current indices; it cannot run with --offline")
+    if template_name and all_templates:
+        raise click.UsageError("--template and --all exclude each other")
+    if template_name:
+        ctx.obj["template_name"] = template_name
+    names = list(_project(ctx).templates) if all_templates else [None]
+    found = []
+    indices: dict = {}
+    for name in names:
+        if name is not None:
+            ctx.obj["template_name"] = name
+        try:
+            found += od.outdated(_project(ctx), security_only=security, indices=indices)
+        except BuildError as e:
+            raise UserError(e.message()) from None  # exit 2: not "outdated", not "current"
+    if as_json:
+        click.echo(msgspec.json.encode(od.Report(outdated=found)).decode())
+    else:
+        click.echo(od.render_text(found), nl=False)
+        if not found:
+            click.echo("nothing outdated" + (" (security)" if security else ""), err=True)
+    sys.exit(1 if found else 0)
+
+
+@cli.command()
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the violations as JSON.")
 def check(archive, as_json) -> None:

@@ -1,0 +1,161 @@
+"""Pins that outlive the mirror: where else a pinned .deb or wheel may be fetched from.
+
+A pinned artifact is addressed by its sha256, so any server may deliver it: the lock's sha256
+is checked whoever serves the bytes. The project lists, in `lxclayer.toml`, the places to try
+when an artifact's own source answers 404/410 or cannot be reached at all::
+
+    [artifacts]
+    fallbacks = [
+      "https://snapshot.debian.org/archive/debian/{timestamp}/{path}",
+      "http://mirror.example.com/by-sha256/{sha256}",
+      "oci://registry.example.com/team/artifacts",
+    ]
+
+A fallback is a URL template with any of
+
+- ``{sha256}``: the artifact's sha256 (hex),
+- ``{name}``: its file name (``libssl3t64_3.5.9-1~deb13u1_amd64.deb``),
+- ``{path}``: its path at its source (a Debian pool path, or the path of a wheel's URL),
+- ``{url}``: the URL it was first tried at,
+- ``{timestamp}``: when the layer pinning it was resolved, as snapshot.debian.org writes it
+  (``20261206T112031Z``; from the lock's `resolved_at`),
+
+or ``oci://HOST[:PORT]/REPO``: a registry holding the artifacts as blobs named by their sha256
+(what ``lxclayer cache push --artifacts`` uploads; docs/cache.md).
+"""
+
+from __future__ import annotations
+
+import string
+import urllib.parse
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .lock.model import Artifact
+
+FIELDS = ("sha256", "name", "path", "url", "timestamp")
+OCI = "oci://"
+TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # snapshot.debian.org's
+RESOLVED_AT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # the lock's `resolved_at`
+
+
+def now_resolved_at() -> str:
+    """The lock's `resolved_at` for a resolution made now (UTC, to the second)."""
+    return datetime.now(UTC).strftime(RESOLVED_AT_FORMAT)
+
+
+def snapshot_timestamp(resolved_at: str) -> str:
+    """`2026-12-06T11:20:31Z` -> `20261206T112031Z`; "" when there is none or it is unreadable."""
+    try:
+        return datetime.strptime(resolved_at, RESOLVED_AT_FORMAT).strftime(TIMESTAMP_FORMAT)
+    except ValueError:
+        return ""
+
+
+def _fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
+def check_fallback(text: str) -> str | None:
+    """Why `text` is not a usable fallback, or None."""
+    if text.startswith(OCI):
+        from .registry import parse_reference
+
+        try:
+            parse_reference(text, what="artifacts registry")
+        except Exception as e:  # noqa: BLE001 - the parser's message is the reason
+            return str(getattr(e, "reason", e))
+        return None
+    scheme = urllib.parse.urlsplit(text).scheme
+    if scheme not in ("http", "https", "file"):
+        return f"{text!r} is neither an http(s):// or file:// URL template nor oci://HOST/REPO"
+    try:
+        names = _fields(text)
+    except ValueError as e:
+        return f"{text!r} is not a valid template ({e})"
+    bad = [f for f in names if f not in FIELDS]
+    if bad:
+        return f"unknown placeholder {{{bad[0]}}} (known: {', '.join('{' + f + '}' for f in FIELDS)})"
+    if not {"sha256", "name", "path", "url"} & set(names):
+        return f"{text!r} names no {{sha256}}, {{name}}, {{path}} or {{url}}: every artifact would get the same URL"
+    return None
+
+
+def artifact_path(a: Artifact) -> str:
+    """The artifact's path at its source: a pool path as it is, a URL's path."""
+    if "://" in a.source:
+        return urllib.parse.urlsplit(a.source).path.lstrip("/")
+    return a.source.lstrip("/")
+
+
+def artifact_name(a: Artifact) -> str:
+    return urllib.parse.unquote(artifact_path(a).rsplit("/", 1)[-1]) or a.name
+
+
+def render(template: str, a: Artifact, *, url: str, resolved_at: str) -> str | None:
+    """The URL of `a` under a fallback template; None when it needs a timestamp the lock lacks."""
+    ts = snapshot_timestamp(resolved_at)
+    if "timestamp" in _fields(template) and not ts:
+        return None
+    quoted = urllib.parse.quote(artifact_path(a), safe="/+~")
+    return template.format(sha256=a.sha256, name=urllib.parse.quote(artifact_name(a), safe="+~"),
+                           path=quoted, url=url, timestamp=ts)
+
+
+def oci_place(ref: str, a: Artifact) -> str:
+    """The place of `a` in an artifacts registry: `oci://HOST/REPO@sha256:HEX`."""
+    return f"{ref.rstrip('/')}@sha256:{a.sha256}"
+
+
+def candidates(a: Artifact, primary: list[str], fallbacks: list[str], *, resolved_at: str = "") -> list[str]:
+    """Where to fetch `a`, in order: its own URLs, then each fallback (rendered; an oci://
+    fallback as `oci://HOST/REPO@sha256:HEX`). A fallback that needs a timestamp the lock does
+    not have is left out."""
+    out = list(dict.fromkeys(primary))
+    first = primary[0] if primary else a.source
+    for f in fallbacks:
+        u = oci_place(f, a) if f.startswith(OCI) else render(f, a, url=first, resolved_at=resolved_at)
+        if u and u not in out:
+            out.append(u)
+    return out
+
+
+def project_fallbacks(root: Path) -> list[str]:
+    """`[artifacts] fallbacks` of the project at `root` (checked when the settings load)."""
+    from .settings import load
+
+    return list(load(root).artifacts.fallbacks)
+
+
+def shown(url: str) -> str:
+    """A place for a message: no user name or password, even if the URL carries them."""
+    if url.startswith(OCI):
+        return url
+    p = urllib.parse.urlsplit(url)
+    if p.username or p.password:
+        netloc = p.hostname or ""
+        if p.port:
+            netloc += f":{p.port}"
+        p = p._replace(netloc=netloc)
+    return urllib.parse.urlunsplit(p)
+
+
+class Gone(Exception):
+    """The place answered that it does not have the artifact (404/410, blob unknown)."""
+
+
+def fetch_oci(place: str, dest: Path, *, size: int | None = None) -> None:
+    """Download `oci://HOST/REPO@sha256:HEX` to `dest` (verified by the registry client).
+    Gone if the registry does not have it; OSError if it cannot be reached."""
+    from .registry import NotFound, RegistryError, client_for
+
+    ref, _, digest = place.rpartition("@")
+    try:
+        with client_for(ref) as c:
+            c.get_blob(digest, dest, size=size)
+    except NotFound:
+        raise Gone(f"{place}: not in the registry") from None
+    except RegistryError as e:
+        if "unknown" in str(e).lower() or "404" in str(e):
+            raise Gone(f"{place}: not in the registry") from None
+        raise OSError(f"{place}: {e}") from None
