@@ -338,9 +338,12 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
           formats: list[str] | None = None, out_dir: Path | None = None, write_lock: bool = True,
           jobs: int | None = None, events: Events | None = None,
           ignore_lock_pins: bool = False, cache: Cache | None = None,
-          snapshots_on: bool | None = None) -> BuildResult:
+          snapshots_on: bool | None = None,
+          repin: Callable[[Lockfile | None], Lockfile | None] | None = None) -> BuildResult:
     """Build every layer that the store lacks, compose the archive(s), write the lock.
-    `snapshots_on`: realise program layers on snapshots (None: as $LXCLAYER_SNAPSHOTS says)."""
+    `snapshots_on`: realise program layers on snapshots (None: as $LXCLAYER_SNAPSHOTS says).
+    `repin`: the pins to build with, made from the lock (`lock --upgrade --layer/--security-only`,
+    lxclayer.upgrade); None from it means every layer is resolved again."""
     events = events or Events()
     snaps = snapshots.Policy.choose(snapshots_on, events.warn)
     t0 = time.monotonic()
@@ -360,8 +363,10 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
         if mode is Mode.LOCKED:
             check_locked(ev)
         pins_from = None if ignore_lock_pins else lock
-        if ignore_lock_pins:
-            ev = Evaluator(project, store, None, mode, cache_)
+        if repin is not None:
+            pins_from = repin(lock)
+        if ignore_lock_pins or repin is not None:
+            ev = Evaluator(project, store, pins_from, mode, cache_)
         for attempt in range(3):
             try:
                 entries: list[LayerEntry] = []

@@ -356,12 +356,16 @@ def plan(ctx, as_json) -> None:
 
 @cli.group(invoke_without_command=True)
 @click.option("--upgrade", is_flag=True, help="Resolve every pin again, not only those of changed layers.")
+@click.option("--layer", "upgrade_layers", multiple=True, metavar="NAME",
+              help="With --upgrade: only this layer's pins (repeatable).")
+@click.option("--security-only", is_flag=True,
+              help="With --upgrade: only move .debs to newer versions of the -security suites.")
 @click.option("--offline", is_flag=True, help="Use only artifacts already in the store.")
 @cache_options
 @SNAPSHOTS_OPTION
 @per_template
 @click.pass_context
-def lock(ctx, upgrade, offline, snaps, **cache_opts) -> None:
+def lock(ctx, upgrade, upgrade_layers, security_only, offline, snaps, **cache_opts) -> None:
     """Resolve pins, build, and write locks/<template>.lock.
 
     The lock records output digests and the archive's sha256, so locking builds what is missing.
@@ -370,6 +374,8 @@ def lock(ctx, upgrade, offline, snaps, **cache_opts) -> None:
     Example:
       lxclayer lock              # re-resolve the layers whose definition changed
       lxclayer lock --upgrade    # re-resolve everything
+      lxclayer lock --upgrade --layer postgresql
+      lxclayer lock --upgrade --security-only   # only security updates of pinned .debs
       lxclayer lock diff         # what changed against the lock in git HEAD
     """
     if ctx.invoked_subcommand is not None:
@@ -378,12 +384,23 @@ def lock(ctx, upgrade, offline, snaps, **cache_opts) -> None:
 
     project = _project(ctx)
     store = _store(ctx)
+    if (upgrade_layers or security_only) and not upgrade:
+        raise click.UsageError("--layer and --security-only go with --upgrade")
+    if offline and security_only:
+        raise click.UsageError("--security-only reads the -security indices; it cannot run with --offline")
+    repin = None
+    if upgrade_layers or security_only:
+        from .upgrade import check_layers, pins_for
+
+        check_layers(project, list(upgrade_layers))  # bad input: refused before anything runs
+        repin = lambda lk: pins_for(project, lk, layers=list(upgrade_layers), security_only=security_only)  # noqa: E731
     printer = Printer()
     cache = _cache(project, printer, **cache_opts)
     try:
         # --upgrade: pins of every layer are resolved again (the old lock is hidden from the build).
         res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=printer, cache=cache,
-                      ignore_lock_pins=upgrade and project.lock_file.exists(), snapshots_on=_on(snaps))
+                      ignore_lock_pins=upgrade and repin is None and project.lock_file.exists(),
+                      snapshots_on=_on(snaps), repin=repin)
     finally:
         if cache is not None:
             cache.close()
