@@ -31,6 +31,8 @@ import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
 from .lock.model import Artifact
 
 FIELDS = ("sha256", "name", "path", "url", "timestamp")
@@ -159,3 +161,62 @@ def fetch_oci(place: str, dest: Path, *, size: int | None = None) -> None:
         if "unknown" in str(e).lower() or "404" in str(e):
             raise Gone(f"{place}: not in the registry") from None
         raise OSError(f"{place}: {e}") from None
+
+
+# --- the artifacts registry (`lxclayer cache push --artifacts`) ---------------------------------
+
+ARTIFACT_TYPE = "application/vnd.lxclayer.artifacts.v1"
+DEB_MEDIA_TYPE = "application/vnd.debian.binary-package"
+WHEEL_MEDIA_TYPE = "application/vnd.python.wheel"
+PUSHED_GROUPS = ("packages", "wheels")
+
+
+def pinned(lock) -> dict[str, tuple[Artifact, str]]:
+    """sha256 -> (artifact, group) of every pinned .deb and wheel of `lock`."""
+    out: dict[str, tuple[Artifact, str]] = {}
+    for la in lock.layers.values():
+        for group in PUSHED_GROUPS:
+            for a in (la.artifacts.get(group) or {}).values():
+                out.setdefault(a.sha256, (a, group))
+    return dict(sorted(out.items()))
+
+
+def artifacts_tag(lock) -> str:
+    """The tag of a lock's artifacts manifest: `artifacts-<sha256 of the lock's pins>`."""
+    import hashlib
+
+    listing = "".join(f"{sha} {a.name} {a.version}\n" for sha, (a, _) in pinned(lock).items())
+    return "artifacts-" + hashlib.sha256(listing.encode()).hexdigest()
+
+
+class PushReport(msgspec.Struct, kw_only=True):
+    tag: str
+    artifacts: int
+    missing: list[str]  # "name version" of pins the store does not hold
+
+
+def push_artifacts(client, lock, store) -> PushReport:
+    """Upload every pinned .deb and wheel of `lock` that the store holds as a blob named by its
+    sha256 (the lock's), and an OCI manifest tagged :func:`artifacts_tag` listing them, so that
+    a registry's garbage collection keeps them. Blobs the registry has are not sent again."""
+    from .registry import oci
+
+    layers: list = []
+    missing: list[str] = []
+    for sha, (a, group) in pinned(lock).items():
+        path = store.artifact(sha, name=a.name)
+        if path is None:
+            missing.append(f"{a.name} {a.version}".strip())
+            continue
+        client.put_blob(path, f"sha256:{sha}")
+        layers.append(oci.Descriptor(
+            media_type=DEB_MEDIA_TYPE if group == "packages" else WHEEL_MEDIA_TYPE,
+            digest=f"sha256:{sha}", size=path.stat().st_size,
+            annotations={"org.opencontainers.image.title": artifact_name(a)}))
+    client.put_blob(b"{}", oci.EMPTY_DIGEST)
+    manifest = oci.Manifest(config=oci.Descriptor(media_type=oci.EMPTY, digest=oci.EMPTY_DIGEST, size=2),
+                            layers=layers, artifact_type=ARTIFACT_TYPE,
+                            annotations={"org.lxclayer.template": lock.template.name})
+    tag = artifacts_tag(lock)
+    client.put_manifest(tag, msgspec.json.encode(manifest))
+    return PushReport(tag=tag, artifacts=len(layers), missing=missing)

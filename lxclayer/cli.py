@@ -708,21 +708,26 @@ def _required_cache(project, printer, cache_opts):
 @cache_group.command("push")
 @click.option("--all", "all_roots", is_flag=True,
               help="Every lock that builds into this store (its GC roots), not only this project's locks.")
+@click.option("--artifacts", "artifacts_too", is_flag=True,
+              help="Also every pinned .deb and wheel, as blobs named by their sha256 (an [artifacts] fallback).")
 @cache_options
 @click.pass_context
-def cache_push(ctx, all_roots, **cache_opts) -> None:
+def cache_push(ctx, all_roots, artifacts_too, **cache_opts) -> None:
     """Upload what the local store holds for the project's locks (every template); only what
     the cache lacks is sent.
 
     \b
     Example:
       lxclayer cache push --cache oci://registry.example.com/team/lxclayer-cache
+      lxclayer cache push --artifacts   # and the pinned .debs and wheels (docs/cache.md)
     """
     from .cache import push_lock
 
     project, locks = _cache_locks(ctx, all_roots)
     printer = Printer()
     cache = _required_cache(project, printer, cache_opts)
+    if artifacts_too:
+        _push_artifacts(cache, locks, _store(ctx))
     store = _store(ctx)
     bad = 0
     try:
@@ -739,6 +744,23 @@ def cache_push(ctx, all_roots, **cache_opts) -> None:
     finally:
         cache.close()
     sys.exit(1 if bad else 0)
+
+
+def _push_artifacts(cache, locks, store) -> None:
+    from .artifacts import push_artifacts
+    from .registry import RegistryError, client_for
+
+    st = cache.settings
+    try:
+        with store.session(), client_for(st.url, auth_file=st.auth_file, ca_file=st.ca_file,
+                                         insecure=st.insecure) as client:
+            for name, lock in locks:
+                r = push_artifacts(client, lock, store)
+                click.echo(f"{name}: {r.artifacts} artifact(s) in {cache.where} as {r.tag}"
+                           + (f"; not in the store: {', '.join(r.missing)}" if r.missing else ""))
+    except RegistryError as e:
+        cache.close()
+        raise UserError(f"cache {cache.where}: {e}") from None
 
 
 @cache_group.command("ls")
