@@ -220,3 +220,15 @@ def push_artifacts(client, lock, store) -> PushReport:
     tag = artifacts_tag(lock)
     client.put_manifest(tag, msgspec.json.encode(manifest))
     return PushReport(tag=tag, artifacts=len(layers), missing=missing)
+
+
+def places_for(ctx):
+    """For a builder: `places(artifact, own_urls)` -> its own URLs, then the project's
+    fallbacks (rendered with the layer's resolution time from the lock)."""
+    fallbacks = project_fallbacks(ctx.project.root)
+    resolved_at = getattr(ctx, "resolved_at", "")
+
+    def places(a: Artifact, own: list[str]) -> list[str]:
+        return candidates(a, own, fallbacks, resolved_at=resolved_at)
+
+    return places

@@ -285,7 +285,9 @@ def outdated(project, *, security_only: bool = False, wheels: bool = True,
     """What of `project`'s lock has newer versions at its sources. `indices` caches fetched
     indices by their source lines (templates sharing sources fetch them once)."""
     from .lock import toml as locktoml
+    from .settings import load as load_settings
 
+    load_settings(project.root)  # a bad lxclayer.toml is refused before anything is fetched
     lock = locktoml.read(project.lock_file)
     if lock is None:
         raise UserError(f"{project.lock_file}: no lock; run `lxclayer lock` first")

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..artifacts import OCI, Gone, fetch_oci
+from ..artifacts import shown as show_place
 from ..errors import BuildError, UserError
 from ..lock.model import Artifact
 from ..store import Store
 
-SNAPSHOT_HINT = ("if the mirror no longer serves it, set LXCLAYER_DEB_MIRRORS to a snapshot mirror "
-                 "(see docs/builders.md, 'Snapshot mirrors')")
+SNAPSHOT_HINT = ("list where else it may be in [artifacts] fallbacks of lxclayer.toml, e.g. "
+                 "snapshot.debian.org (docs/cache.md, 'Pins that outlive the mirror')")
 WORKERS = 6
 TIMEOUT = 60
 RETRIES = 3  # tries of one URL on a transient failure (reset, time-out, 5xx); a 404 is final
@@ -113,23 +115,25 @@ def fetch_all(
         notfound = 0
         for url in urls:
             try:
-                _download_retrying(url, part)
-            except NotFound as e:
+                if url.startswith(OCI):
+                    fetch_oci(url, part, size=a.size or None)
+                else:
+                    _download_retrying(url, part)
+            except (NotFound, Gone) as e:
                 notfound += 1
                 errors.append(str(e))
                 continue
             except OSError as e:
-                errors.insert(0, str(e))  # a transient failure says more than another mirror's 404
+                errors.append(str(e))
                 continue
             try:
                 return a.sha256, store.put_artifact_file(part, a.sha256, name=shown)
             except UserError as e:
                 raise BuildError(f"{e.reason} (downloaded from {url})", file=file, key=key) from None
-        if notfound == len(urls):
-            raise BuildError(f"{kind} {shown} is not served by {', '.join(_hosts(urls))}; {SNAPSHOT_HINT}",
-                             file=file, key=key)
-        raise BuildError(f"cannot download {kind} {shown}: {errors[0] if errors else 'no URL'}",
-                         file=file, key=key)
+        # One line: the package, its version and every place tried, each with its answer.
+        hint = f"; {SNAPSHOT_HINT}" if notfound == len(urls) else ""
+        raise BuildError(f"no place has {kind} {shown} (sha256 {a.sha256[:12]}…); tried "
+                         + ", ".join(show_place(e) for e in errors or ["no URL"]) + hint, file=file, key=key)
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         futures = [pool.submit(one, m) for m in missing]
