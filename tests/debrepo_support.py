@@ -37,8 +37,9 @@ class Archive:
     """`root/<archive>/pool/...` and `root/<archive>/dists/<suite>/...` (unsigned: sources use
     [trusted=yes])."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, gnupghome: Path | None = None):
         self.root = root
+        self.gnupghome = gnupghome  # when set, every Release is signed as InRelease with its key
 
     def add(self, archive: str, suite: str, name: str, version: str, *, pool: str = "pool/main") -> Path:
         fn = f"{name}_{version.replace(':', '%3a')}_all.deb"
@@ -68,6 +69,22 @@ class Archive:
             f"Origin: test\nLabel: test\nSuite: {suite}\nCodename: {suite}\n"
             f"Date: Tue, 14 Nov 2023 22:13:20 UTC\nArchitectures: {ARCH}\nComponents: main\n"
             "SHA256:\n" + "\n".join(files) + "\n")
+        if self.gnupghome is not None:
+            rel = base / "dists" / suite
+            subprocess.run(["gpg", "--batch", "--yes", "--homedir", str(self.gnupghome), "--clearsign",
+                            "-o", str(rel / "InRelease"), str(rel / "Release")], check=True, capture_output=True)
+
+
+def signing_key(home: Path, out: Path) -> Path:
+    """A new OpenPGP signing key in GNUPGHOME `home`; its public key exported to `out`."""
+    require_tools("gpg")
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    subprocess.run(["gpg", "--batch", "--homedir", str(home), "--passphrase", "", "--quick-gen-key",
+                    "lxclayer test archive <test@example.org>", "ed25519", "sign", "never"],
+                   check=True, capture_output=True)
+    out.write_bytes(subprocess.run(["gpg", "--batch", "--homedir", str(home), "--export"], check=True,
+                                   capture_output=True).stdout)
+    return out
 
 
 class Server:
