@@ -159,3 +159,40 @@ def test_registry_artifacts_serve_a_pin_and_nothing_having_it_is_one_line(tmp_pa
         assert PASSWORD not in msg
     finally:
         mirror.close()
+
+
+def test_an_imported_debian_root_keeps_relative_symlinks_that_climb(tmp_path):
+    """Debian's etc/os-release -> ../usr/lib/os-release (every mmdebstrap tarball has it) was
+    refused as 'leaves the root' (found by tests/test_pins_e2e.py); a member *named* with .. still is."""
+    import io
+    import tarfile
+
+
+    def tarball(link_name: str) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for d in ("./", "./etc", "./usr", "./usr/lib"):
+                ti = tarfile.TarInfo(d)
+                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(ti)
+            for f, data in (("./usr/lib/os-release", b"x=1"), ("./etc/group", b"root:x:0:\nredis:x:101:\n")):
+                ti = tarfile.TarInfo(f)
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+            ti = tarfile.TarInfo(link_name)
+            ti.type, ti.linkname = tarfile.SYMTYPE, "../usr/lib/os-release"
+            tf.addfile(ti)
+        return buf.getvalue()
+
+    write_project(tmp_path)
+    for name, ok in (("./etc/os-release", True), ("./etc/../../escape", False)):
+        tar = tarball(name)
+        (tmp_path / "layers/base/base.tar").write_bytes(tar)
+        lt = (tmp_path / "layers/base/layer.toml").read_text().splitlines()
+        (tmp_path / "layers/base/layer.toml").write_text("\n".join(
+            f'sha256 = "{hashlib.sha256(tar).hexdigest()}"' if ln.startswith("sha256") else ln for ln in lt) + "\n")
+        r = run_cli("--project", str(tmp_path), "--store", str(tmp_path / "store"), "build", "--format", "tar.zst")
+        if ok:
+            assert r.returncode == 0, r.stderr
+        else:
+            assert r.returncode == 2 and "leaves the root ('..')" in r.stderr
