@@ -149,11 +149,12 @@ class Gone(Exception):
 def fetch_oci(place: str, dest: Path, *, size: int | None = None) -> None:
     """Download `oci://HOST/REPO@sha256:HEX` to `dest` (verified by the registry client).
     Gone if the registry does not have it; OSError if it cannot be reached."""
-    from .registry import NotFound, RegistryError, client_for
+    from .registry import NotFound, RegistryError, RetryPolicy, client_for
 
     ref, _, digest = place.rpartition("@")
     try:
-        with client_for(ref) as c:
+        # A fallback: a registry that cannot be reached is given up soon, not after minutes.
+        with client_for(ref, retry=RetryPolicy(attempts=2, total=10.0), timeout=20.0) as c:
             c.get_blob(digest, dest, size=size)
     except NotFound:
         raise Gone(f"{place}: not in the registry") from None

@@ -29,7 +29,6 @@ from .lock.model import Artifact, Lockfile
 
 POCKETS = ("security", "updates", "release", "index")
 INDEX_FIELDS = ("Package", "Version", "Architecture", "Source", "Filename", "SHA256", "Size")
-TIMEOUT = 60
 
 
 class Outdated(msgspec.Struct, kw_only=True):
@@ -214,20 +213,17 @@ def _release_key(v: str) -> tuple | None:
 def index_versions(index_url: str, name: str) -> list[str]:
     """The versions of project `name` on a PEP 691 simple index (PEP 700 `versions`, or the
     versions in its file names), yanked files left out."""
-    import urllib.error
-    import urllib.request
-
+    from . import download
     from .debian.wheels import SIMPLE_JSON, normalise_name
 
     url = f"{index_url.rstrip('/')}/{normalise_name(name)}/"
-    req = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON, "User-Agent": "lxclayer"})
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:  # noqa: S310
-            data = json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        raise BuildError(f"cannot read {url}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise BuildError(f"cannot read {url}: {getattr(e, 'reason', e)}") from None
+        body, _ = download.read([url], headers={"Accept": SIMPLE_JSON})
+        data = json.loads(body)
+    except download.DownloadError as e:
+        raise BuildError(f"cannot read the package index: {e.reason}") from None
+    except ValueError:
+        raise BuildError(f"cannot read {download.redact(url)}: not JSON") from None
     want = normalise_name(name)
     versions: set[str] = set()
     for f in data.get("files", []):

@@ -69,6 +69,10 @@ class StackMount:
     def __enter__(self) -> StackMount:
         for d in (self.upper, self.work, self.mountpoint):
             d.mkdir(exist_ok=True)
+        # `view` goes through /proc/<helper>/root, but a symlink met after it is followed from
+        # *this* process's root, in this namespace, where nothing is mounted: with a store reached
+        # through a symlink, the view would be the empty mount point, not the overlay. Real paths.
+        self.mountpoint = Path(os.path.realpath(self.mountpoint))
         lowerdir = ":".join(os.path.relpath(p, self.base) for p in self.lowers)
         try:
             self._proc = hermetic.popen(
@@ -83,12 +87,26 @@ class StackMount:
             line = raw.decode("utf-8", "replace").strip()
             if line.startswith(READY + " "):
                 self.pid = int(line.split()[1])
+                self._check_view()
                 return self
             out.append(line)
         rc = self._proc.wait()
         self._stop()
         why = next((ln for ln in reversed(out) if ln), f"exit code {rc}")
         raise OverlayUnavailable(why)
+
+    def _check_view(self) -> None:
+        """The view must be the overlay, not the folder it is mounted on as this namespace sees
+        it (which happens when /proc shows another pid namespace than the helper's)."""
+        try:
+            same = os.stat(self.view).st_dev == os.stat(self.mountpoint).st_dev
+        except OSError as e:
+            same, why = True, e.strerror or str(e)
+        else:
+            why = f"{self.view} is not the overlay mounted in the helper's namespace"
+        if same:
+            self._stop()
+            raise OverlayUnavailable(why)
 
     def __exit__(self, *exc) -> None:
         self._stop()

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from lxclayer import download
 from lxclayer.debian import fetch
 from lxclayer.errors import BuildError
 from lxclayer.lock.model import Artifact
@@ -38,7 +39,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setattr(fetch, "RETRY_PAUSE", 0.01)
+    monkeypatch.setattr(download, "BACKOFF", 0.01)
     _Handler.plan, _Handler.seen = {}, []
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)

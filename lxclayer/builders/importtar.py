@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from .. import download
 from ..definitions import rel
 from ..errors import BuildError, UserError
 from ..kinds.importtar import SHA256_HEX, Settings, validate  # noqa: F401 (what the engine asks a builder for)
@@ -44,33 +45,6 @@ def _where(ctx: Context) -> tuple[str, str]:
     return rel(ctx.layer.file, ctx.project.root), "path" if s.path is not None else "url"
 
 
-def _download(url: str, part: Path) -> None:
-    """Fetch `url` into `part`; a failure says what failed (HTTP status, connection, short read)."""
-    import http.client  # imported here: start-up stays light
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as fout:  # noqa: S310
-            want = r.headers.get("Content-Length")
-            got = 0
-            while block := r.read(1 << 20):
-                fout.write(block)
-                got += len(block)
-            if want is not None and want.isdigit() and got != int(want):
-                raise BuildError(f"download of {url} ended after {got} of {want} bytes")
-    except urllib.error.HTTPError as e:
-        raise BuildError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        raise BuildError(f"cannot download {url}: {e.reason}") from None
-    except http.client.HTTPException as e:
-        raise BuildError(f"cannot download {url}: the connection broke off ({type(e).__name__})") from None
-    except TimeoutError:
-        raise BuildError(f"cannot download {url}: no answer within 60 s") from None
-    except OSError as e:
-        raise BuildError(f"cannot download {url}: {e.strerror or e}") from None
-
-
 def fetch(ctx: Context) -> Path:
     s: Settings = ctx.layer.spec  # type: ignore[assignment]
     name = _name(s)
@@ -88,11 +62,12 @@ def fetch(ctx: Context) -> Path:
         if ctx.offline:
             raise BuildError(f"{name} (sha256 {s.sha256}) is not in the store and --offline is set",
                              file=shown, key=key)
-        ctx.log(f"downloading {s.url}")
+        ctx.log(f"downloading {download.redact(s.url)}")  # type: ignore[arg-type]
         try:
-            _download(s.url, part)  # type: ignore[arg-type]
-        except BuildError as e:
-            raise BuildError(e.reason, file=shown, key=key) from None
+            download.fetch([s.url], part, sha256=s.sha256)  # type: ignore[list-item]
+        except download.DownloadError as e:  # the bytes are not the pinned ones: the user fixes sha256
+            raise BuildError(f"cannot download {name}: {e.reason}", file=shown,
+                             key="sha256" if e.kind == download.CORRUPT else key) from None
     try:
         return ctx.store.put_artifact_file(part, s.sha256, name=name)
     except UserError as e:  # the bytes are not the pinned ones: the user fixes sha256 or the file

@@ -4,8 +4,8 @@ For what the other kinds cannot express (make a system user, generate a locale, 
 script runs as root with `set -e`, SOURCE_DATE_EPOCH exported, the layer folder mounted
 read-only at /run/lxclayer/layer (also in $LXCLAYER_LAYER_DIR), no service allowed to start,
 and by default no network: a script that downloads would make the layer depend on what a
-server says that day. `network = true` allows it (the host's resolv.conf is copied in for the
-run and taken out again); the layer is then only as reproducible as what it downloads.
+server says that day. `network = true` allows it (the host's resolv.conf is bind-mounted over
+the tree's for the run); the layer is then only as reproducible as what it downloads.
 
 The layer is the difference the script made, normalised like every Debian layer.
 """

@@ -10,7 +10,10 @@ guard, :func:`sweep` unmounts anything found under the root afterwards.
 
 :class:`Chroot` also sets up what a package installation in a chroot needs and takes it away
 afterwards: a ``policy-rc.d`` that forbids starting services, and the host's resolv.conf while
-(and only while) the program may use the network.
+(and only while) the program may use the network. The resolv.conf is bind-mounted read-only
+over the tree's own inside the program's mount namespace (where the tree is mounted, on the
+snapshot path the overlay): nothing of it is written into the tree, so nothing of it can reach
+the layer, and a program without network sees the tree's own file.
 """
 
 from __future__ import annotations
@@ -201,6 +204,7 @@ class Chroot:
     seconds: float = 0.0  # time spent in the programs run
     _saved: dict[str, Path | None] = field(default_factory=dict)
     _made: list[Path] = field(default_factory=list)
+    _resolv: Path | None = None  # the host's resolv.conf, copied for the runs with network
     _n: int = 0
 
     # --- set-up and tear-down ---------------------------------------------------------------
@@ -248,15 +252,15 @@ class Chroot:
             pol = sbin / "policy-rc.d"
             pol.write_bytes(POLICY_RC_D)
             os.chmod(pol, 0o755)
-        self._save("etc/resolv.conf")
-        host = Path("/etc/resolv.conf")
+        # The host's resolv.conf as this process reads it now (the caller's mount namespace):
+        # mounted over the tree's for each run with network (see run()).
         try:
-            data = host.read_bytes()
+            data = Path("/etc/resolv.conf").read_bytes()
         except OSError:
             data = b""
-        (self.root / "etc").mkdir(exist_ok=True)
-        (self.root / "etc/resolv.conf").write_bytes(data)
-        os.chmod(self.root / "etc/resolv.conf", 0o644)  # apt's _apt user reads it
+        self._resolv = self.workdir / f"resolv.conf.host-{os.getpid()}-{id(self)}"
+        self._resolv.write_bytes(data)
+        os.chmod(self._resolv, 0o644)  # apt's _apt user reads it
         for b in self.binds:
             mp = self.root / b.inside.lstrip("/")
             if not mp.exists():
@@ -275,7 +279,28 @@ class Chroot:
             mp.touch()
             self._made.append(mp)
 
+    def _resolv_target(self) -> str | None:
+        """The tree's resolv.conf, made a plain file to mount over if it is not one (a symlink,
+        say to systemd-resolved's stub, or missing): then it is kept aside and put back at the end."""
+        p = self.root / "etc/resolv.conf"
+        try:
+            plain = stat.S_ISREG(os.lstat(p).st_mode)
+        except FileNotFoundError:
+            plain = False
+        if not plain:
+            self._save("etc/resolv.conf")
+            if not (self.root / "etc").is_dir():
+                self._mkdirs(self.root / "etc", file=False)
+            if not os.path.lexists(p):
+                p.write_bytes(b"")
+                os.chmod(p, 0o644)
+        return str((self.run_root or self.root) / "etc/resolv.conf")
+
     def _restore(self) -> None:
+        if self._resolv is not None:
+            with contextlib.suppress(OSError):
+                self._resolv.unlink()
+            self._resolv = None
         for p in reversed(self._made):
             with contextlib.suppress(OSError):
                 if p.is_dir() and not p.is_symlink():
@@ -330,6 +355,10 @@ class Chroot:
             setup += f"mount --bind {shlex.quote(str(b.host))} {target}\n"
             if b.readonly:
                 setup += f"mount -o remount,bind,ro {target}\n"
+        if network and self._resolv is not None:
+            target = shlex.quote(self._resolv_target())
+            setup += (f"mount --bind {shlex.quote(str(self._resolv))} {target}\n"
+                      f"mount -o remount,bind,ro {target}\n")
         log_file = self.workdir / f"chroot-{self._n}-{what or 'run'}.log"
         if not Path("/usr/sbin/chroot").exists():
             raise BuildError("chroot (coreutils) is not installed")

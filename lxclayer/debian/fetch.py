@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import download
 from ..artifacts import OCI, Gone, fetch_oci
-from ..artifacts import shown as show_place
 from ..errors import BuildError, UserError
 from ..lock.model import Artifact
 from ..store import Store
@@ -25,50 +24,11 @@ from ..store import Store
 SNAPSHOT_HINT = ("list where else it may be in [artifacts] fallbacks of lxclayer.toml, e.g. "
                  "snapshot.debian.org (docs/cache.md, 'Pins that outlive the mirror')")
 WORKERS = 6
-TIMEOUT = 60
-RETRIES = 3  # tries of one URL on a transient failure (reset, time-out, 5xx); a 404 is final
-RETRY_PAUSE = 2.0  # seconds before the second try, doubled for each further one
+RETRIES = download.RETRIES  # (the policy is lxclayer.download's)
 
 
 def extra_deb_mirrors() -> list[str]:
     return [m.rstrip("/") for m in os.environ.get("LXCLAYER_DEB_MIRRORS", "").split() if m]
-
-
-class NotFound(Exception):
-    pass
-
-
-def _download(url: str, dest: Path) -> None:
-    import urllib.error  # imported here: start-up stays light
-    import urllib.request
-
-    req = urllib.request.Request(url, headers={"User-Agent": "lxclayer"})
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as r, open(dest, "wb") as f:  # noqa: S310
-            while block := r.read(1 << 20):
-                f.write(block)
-    except urllib.error.HTTPError as e:
-        dest.unlink(missing_ok=True)
-        if e.code in (403, 404, 410):
-            raise NotFound(f"{url}: HTTP {e.code}") from None
-        raise OSError(f"{url}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        dest.unlink(missing_ok=True)
-        raise OSError(f"{url}: {getattr(e, 'reason', e)}") from None
-
-
-def _download_retrying(url: str, dest: Path) -> None:
-    """`_download`, tried again after a transient failure; NotFound is final at once."""
-    for attempt in range(RETRIES):
-        try:
-            _download(url, dest)
-            return
-        except NotFound:
-            raise
-        except OSError:
-            if attempt == RETRIES - 1:
-                raise
-            time.sleep(RETRY_PAUSE * 2**attempt)
 
 
 def fetch_all(
@@ -110,43 +70,67 @@ def fetch_all(
 
     def one(item: tuple[Artifact, str, list[str]]) -> tuple[str, Path]:
         a, shown, urls = item
-        part = tmp / f"{a.sha256}.part"
-        errors: list[str] = []
-        notfound = 0
-        for url in urls:
-            try:
-                if url.startswith(OCI):
-                    fetch_oci(url, part, size=a.size or None)
-                else:
-                    _download_retrying(url, part)
-            except (NotFound, Gone) as e:
-                notfound += 1
-                errors.append(str(e))
-                continue
-            except OSError as e:
-                errors.append(str(e))
-                continue
-            try:
-                return a.sha256, store.put_artifact_file(part, a.sha256, name=shown)
-            except UserError as e:
-                raise BuildError(f"{e.reason} (downloaded from {url})", file=file, key=key) from None
-        # One line: the package, its version and every place tried, each with its answer.
-        hint = f"; {SNAPSHOT_HINT}" if notfound == len(urls) else ""
-        raise BuildError(f"no place has {kind} {shown} (sha256 {a.sha256[:12]}…); tried "
-                         + ", ".join(show_place(e) for e in errors or ["no URL"]) + hint, file=file, key=key)
+        dest = tmp / f"{a.sha256}.download"
+        try:
+            url = fetch_places(urls, dest, a, log)
+        except download.DownloadError as e:
+            # One line: the package, its version and every place tried, each with its answer.
+            hint = f"; {SNAPSHOT_HINT}" if e.kind == download.GONE else ""
+            raise BuildError(f"no place has {kind} {shown} (sha256 {a.sha256[:12]}…); tried {e.reason}{hint}",
+                             file=file, key=key) from None
+        try:
+            return a.sha256, store.put_artifact_file(dest, a.sha256, name=shown)
+        except UserError as e:
+            raise BuildError(f"{e.reason} (downloaded from {download.redact(url)})", file=file, key=key) from None
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         futures = [pool.submit(one, m) for m in missing]
         first_error: BaseException | None = None
         for f in futures:
+            if f.cancelled():
+                continue
             try:
                 sha, path = f.result()
                 have[sha] = path
-            except BaseException as e:  # noqa: BLE001 - re-raised below, after the others finish
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the running ones finish
                 first_error = first_error or e
+                for other in futures:  # the build fails anyway: start no further download
+                    other.cancel()
         if first_error is not None:
             raise first_error
     return have
+
+
+def fetch_places(places: list[str], dest: Path, a: Artifact, log: Callable[[str], None]) -> str:
+    """Download `a` from the first of `places` that has it: URLs through lxclayer.download,
+    `oci://HOST/REPO@sha256:…` (an [artifacts] fallback) from that registry. Returns the place;
+    DownloadError naming every place tried."""
+    tried: list[tuple[str, str]] = []
+    kinds: list[str] = []
+    i = 0
+    while i < len(places):
+        if places[i].startswith(OCI):
+            try:
+                fetch_oci(places[i], dest, size=a.size or None)
+                return places[i]
+            except Gone as e:
+                tried.append((places[i], str(e).removeprefix(places[i] + ": ")))
+                kinds.append(download.GONE)
+            except OSError as e:
+                tried.append((places[i], str(e).removeprefix(places[i] + ": ")))
+                kinds.append(download.UNREACHABLE)
+            i += 1
+            continue
+        j = i
+        while j < len(places) and not places[j].startswith(OCI):
+            j += 1
+        try:
+            return download.fetch(places[i:j], dest, sha256=a.sha256, size=a.size or None, log=log)
+        except download.DownloadError as e:
+            tried += e.tried
+            kinds += e.kinds
+        i = j
+    raise download.DownloadError(tried, kinds)
 
 
 def _hosts(urls: list[str]) -> list[str]:

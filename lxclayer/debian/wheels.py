@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import download
 from ..errors import BuildError
 
 ARCH = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686", "ppc64el": "ppc64le", "s390x": "s390x",
         "armhf": "armv7l", "riscv64": "riscv64"}
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
-TIMEOUT = 60
 UV_MAX_GLIBC = (2, 36)
 
 
@@ -106,21 +107,16 @@ def tag_of(filename: str) -> str:
 
 def simple_files(index_url: str, name: str) -> list[dict]:
     """The files of project `name` on a PEP 691 (JSON) simple index, URLs made absolute."""
-    import urllib.error  # imported here: start-up stays light
-    import urllib.request
-
     url = f"{index_url.rstrip('/')}/{normalise_name(name)}/"
-    req = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON, "User-Agent": "lxclayer"})
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:  # noqa: S310
-            data = json.loads(r.read())
-            base = r.geturl()
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            raise BuildError(f"{name!r} is not on the package index {index_url}") from None
-        raise BuildError(f"cannot read {url}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise BuildError(f"cannot read {url}: {getattr(e, 'reason', e)}") from None
+        body, base = download.read([url], headers={"Accept": SIMPLE_JSON})
+        data = json.loads(body)
+    except download.DownloadError as e:
+        if e.kind == download.GONE:
+            raise BuildError(f"{name!r} is not on the package index {download.redact(index_url)}") from None
+        raise BuildError(f"cannot read the package index: {e.reason}") from None
+    except ValueError as e:
+        raise BuildError(f"cannot read {download.redact(url)}: not JSON ({e})") from None
     out = []
     for f in data.get("files", []):
         sha = (f.get("hashes") or {}).get("sha256")
