@@ -213,3 +213,24 @@ def test_the_repository_locks_are_read_unchanged():
     root = Path(__file__).resolve().parent.parent
     for f in sorted((root / "locks").glob("*.lock")):
         assert locktoml.dumps(locktoml.read(f)) == f.read_text()
+
+
+def test_lock_upgrade_options_refuse_bad_input_before_anything_runs(tmp_path):
+    from lxclayer.upgrade import without_layers
+
+    from .conftest import write_project
+
+    project = write_project(tmp_path / "p")
+    store = tmp_path / "store"
+    r = run_cli("--project", str(project), "--store", str(store), "lock", "--upgrade", "--layer", "nope")
+    assert r.returncode == 2
+    assert r.stderr == ("lxclayer: error: --layer nope: template test-tpl has no such layer "
+                        "(its layers: base, config, extra)\n")
+    r = run_cli("--project", str(project), "--store", str(store), "lock", "--security-only")
+    assert r.returncode == 2 and "--layer and --security-only go with --upgrade" in r.stderr
+    assert not store.exists()  # nothing ran
+    lock = Lockfile(lock_version=LOCK_VERSION, template=LockedTemplate(
+        name="t", version="1", release=1, arch="amd64", source_date_epoch=1, definition="0"),
+        layers={n: LockedLayer(kind="files", builder="files/1", settings="s", input="i", output="o")
+                for n in ("base", "config", "extra")})
+    assert list(without_layers(lock, ["config"]).layers) == ["base", "extra"]
