@@ -83,6 +83,11 @@ def check_fallback(text: str) -> str | None:
     return None
 
 
+def fetched(a: Artifact) -> bool:
+    """Whether `a` is downloaded (a URL or an archive's pool path), not a file of the project."""
+    return "://" in a.source or a.source.startswith("pool/")
+
+
 def artifact_path(a: Artifact) -> str:
     """The artifact's path at its source: a pool path as it is, a URL's path."""
     if "://" in a.source:

@@ -320,12 +320,13 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
 
 def _stamped(new: Lockfile, old: Lockfile | None) -> Lockfile:
     """`new` with each layer's `resolved_at`: the old lock's where the pins are the old ones,
-    now where they were resolved in this run (none for a layer without pins)."""
-    from .artifacts import now_resolved_at
+    now where they were resolved in this run; none for a layer that fetches nothing (no pins,
+    or only a tarball beside its layer.toml)."""
+    from .artifacts import fetched, now_resolved_at
 
     for name, la in new.layers.items():
         prev = old.layers.get(name) if old is not None else None
-        if not any(la.artifacts.values()):
+        if not any(fetched(a) for group in la.artifacts.values() for a in group.values()):
             la.resolved_at = ""
         elif prev is not None and prev.artifacts == la.artifacts:
             la.resolved_at = prev.resolved_at  # (a lock from before resolved_at: not known)

@@ -128,6 +128,7 @@ def test_a_lock_outlives_its_mirror(tmp_path, world, registry, monkeypatch):
     lock0 = locktoml.read(p / "locks/tiny.lock")
     assert lock0.layers["tiny"].artifacts["packages"]["lxtiny"].version == "1.0-1"
     assert lock0.layers["tiny"].resolved_at  # when the pins were resolved
+    assert lock0.layers["base"].resolved_at == ""  # a tarball beside layer.toml: nothing fetched
     r = _cli(p, tmp_path / "s0", "outdated", "--security")
     assert (r.returncode, r.stdout) == (0, ""), r.stderr
 
