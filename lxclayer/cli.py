@@ -726,8 +726,7 @@ def cache_push(ctx, all_roots, artifacts_too, **cache_opts) -> None:
     project, locks = _cache_locks(ctx, all_roots)
     printer = Printer()
     cache = _required_cache(project, printer, cache_opts)
-    if artifacts_too:
-        _push_artifacts(cache, locks, _store(ctx))
+    incomplete = _push_artifacts(cache, locks, _store(ctx)) if artifacts_too else 0
     store = _store(ctx)
     bad = 0
     try:
@@ -743,24 +742,32 @@ def cache_push(ctx, all_roots, artifacts_too, **cache_opts) -> None:
                 bad += bool(missing)
     finally:
         cache.close()
-    sys.exit(1 if bad else 0)
+    sys.exit(1 if bad or incomplete else 0)
 
 
-def _push_artifacts(cache, locks, store) -> None:
+def _push_artifacts(cache, locks, store) -> int:
+    """Push every lock's pinned .debs and wheels; the number of locks whose pins the store
+    does not all hold."""
     from .artifacts import push_artifacts
     from .registry import RegistryError, client_for
 
     st = cache.settings
+    incomplete = 0
     try:
         with store.session(), client_for(st.url, auth_file=st.auth_file, ca_file=st.ca_file,
                                          insecure=st.insecure) as client:
             for name, lock in locks:
                 r = push_artifacts(client, lock, store)
-                click.echo(f"{name}: {r.artifacts} artifact(s) in {cache.where} as {r.tag}"
-                           + (f"; not in the store: {', '.join(r.missing)}" if r.missing else ""))
+                missing = ""
+                if r.missing:
+                    more = f" and {len(r.missing) - 5} more" if len(r.missing) > 5 else ""
+                    missing = f"; {len(r.missing)} not in the store: {', '.join(r.missing[:5])}{more}"
+                click.echo(f"{name}: {r.artifacts} artifact(s) in {cache.where} as {r.tag}{missing}")
+                incomplete += bool(r.missing)
     except RegistryError as e:
         cache.close()
         raise UserError(f"cache {cache.where}: {e}") from None
+    return incomplete
 
 
 @cache_group.command("ls")
