@@ -238,6 +238,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
             with hermetic.fixed_umask():
                 artifacts = mod.resolve(ctx)
         ctx.artifacts = artifacts
+        if locked is not None and artifacts == locked.artifacts:
+            ctx.resolved_at = locked.resolved_at  # ({timestamp} of the artifact fallbacks)
         resolved = mod.resolved_inputs(ctx) if hasattr(mod, "resolved_inputs") else {}
         drv = ev.derive(layer, artifacts, resolved, [e.output for e in below])
         p.input = drv.input
@@ -329,14 +331,34 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
     )
 
 
+def _stamped(new: Lockfile, old: Lockfile | None) -> Lockfile:
+    """`new` with each layer's `resolved_at`: the old lock's where the pins are the old ones,
+    now where they were resolved in this run; none for a layer that fetches nothing (no pins,
+    or only a tarball beside its layer.toml)."""
+    from .artifacts import fetched, now_resolved_at
+
+    for name, la in new.layers.items():
+        prev = old.layers.get(name) if old is not None else None
+        if not any(fetched(a) for group in la.artifacts.values() for a in group.values()):
+            la.resolved_at = ""
+        elif prev is not None and prev.artifacts == la.artifacts:
+            la.resolved_at = prev.resolved_at  # (a lock from before resolved_at: not known)
+        else:
+            la.resolved_at = now_resolved_at()
+    return new
+
+
 def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: bool = False,
           formats: list[str] | None = None, out_dir: Path | None = None, write_lock: bool = True,
           jobs: int | None = None, events: Events | None = None,
           ignore_lock_pins: bool = False, cache: Cache | None = None,
-          snapshots_on: bool | None = None, layers_only: bool = False) -> BuildResult:
+          snapshots_on: bool | None = None, layers_only: bool = False,
+          repin: Callable[[Lockfile | None], Lockfile | None] | None = None) -> BuildResult:
     """Build every layer that the store lacks, compose the archive(s), write the lock.
     `snapshots_on`: realise program layers on snapshots (None: as $LXCLAYER_SNAPSHOTS says).
-    `layers_only`: the store's entries only, no archive and no SBOM (`verify --repair`)."""
+    `layers_only`: the store's entries only, no archive and no SBOM (`verify --repair`).
+    `repin`: the pins to build with, made from the lock (`lock --upgrade --layer/--security-only`,
+    lxclayer.upgrade); None from it means every layer is resolved again."""
     events = events or Events()
     snaps = snapshots.Policy.choose(snapshots_on, events.warn)
     t0 = time.monotonic()
@@ -356,8 +378,10 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
         if mode is Mode.LOCKED:
             check_locked(ev)
         pins_from = None if ignore_lock_pins else lock
-        if ignore_lock_pins:
-            ev = Evaluator(project, store, None, mode, cache_)
+        if repin is not None:
+            pins_from = repin(lock)
+        if ignore_lock_pins or repin is not None:
+            ev = Evaluator(project, store, pins_from, mode, cache_)
         seen: set[tuple[str, str]] = set()
         while True:
             try:
@@ -404,7 +428,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 shared.upload_outputs(outputs.cache_key(stack_lock, fmt),
                                       lambda fmt=fmt: outputs.kept(store, fmt, stack_lock, entries), store)
         wrote = False
-        new = _lock_from(project, entries, archives, lock)
+        new = _stamped(_lock_from(project, entries, archives, lock), lock)
         if write_lock and mode is Mode.NORMAL:
             if lock is None or locktoml.dumps(new) != locktoml.dumps(lock):
                 locktoml.write(lock_path, new)

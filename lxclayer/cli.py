@@ -364,12 +364,16 @@ def plan(ctx, as_json) -> None:
 
 @cli.group(invoke_without_command=True)
 @click.option("--upgrade", is_flag=True, help="Resolve every pin again, not only those of changed layers.")
+@click.option("--layer", "upgrade_layers", multiple=True, metavar="NAME",
+              help="With --upgrade: only this layer's pins (repeatable).")
+@click.option("--security-only", is_flag=True,
+              help="With --upgrade: only move .debs to newer versions of the -security suites.")
 @click.option("--offline", is_flag=True, help="Use only artifacts already in the store.")
 @cache_options
 @SNAPSHOTS_OPTION
 @per_template
 @click.pass_context
-def lock(ctx, upgrade, offline, snaps, **cache_opts) -> None:
+def lock(ctx, upgrade, upgrade_layers, security_only, offline, snaps, **cache_opts) -> None:
     """Resolve pins, build, and write locks/<template>.lock.
 
     The lock records output digests and the archive's sha256, so locking builds what is missing.
@@ -378,6 +382,8 @@ def lock(ctx, upgrade, offline, snaps, **cache_opts) -> None:
     Example:
       lxclayer lock              # re-resolve the layers whose definition changed
       lxclayer lock --upgrade    # re-resolve everything
+      lxclayer lock --upgrade --layer postgresql
+      lxclayer lock --upgrade --security-only   # only security updates of pinned .debs
       lxclayer lock diff         # what changed against the lock in git HEAD
     """
     if ctx.invoked_subcommand is not None:
@@ -386,12 +392,23 @@ def lock(ctx, upgrade, offline, snaps, **cache_opts) -> None:
 
     project = _project(ctx)
     store = _store(ctx)
+    if (upgrade_layers or security_only) and not upgrade:
+        raise click.UsageError("--layer and --security-only go with --upgrade")
+    if offline and security_only:
+        raise click.UsageError("--security-only reads the -security indices; it cannot run with --offline")
+    repin = None
+    if upgrade_layers or security_only:
+        from .upgrade import check_layers, pins_for
+
+        check_layers(project, list(upgrade_layers))  # bad input: refused before anything runs
+        repin = lambda lk: pins_for(project, lk, layers=list(upgrade_layers), security_only=security_only)  # noqa: E731
     printer = Printer()
     cache = _cache(project, printer, **cache_opts)
     try:
         # --upgrade: pins of every layer are resolved again (the old lock is hidden from the build).
         res = b.build(project, store, mode=b.Mode.NORMAL, offline=offline, events=printer, cache=cache,
-                      ignore_lock_pins=upgrade and project.lock_file.exists(), snapshots_on=_on(snaps))
+                      ignore_lock_pins=upgrade and repin is None and project.lock_file.exists(),
+                      snapshots_on=_on(snaps), repin=repin)
     finally:
         if cache is not None:
             cache.close()
@@ -430,6 +447,55 @@ def lock_diff(ctx, old, new, fmt, git_args, rest) -> None:
     old_lock = d.load_side(old or "HEAD", project.root, path)
     new_lock = d.load_side(new, project.root, path)
     click.echo(d.render(d.diff(old_lock, new_lock), fmt), nl=False)
+
+
+@cli.command()
+@click.option("--template", "template_name", metavar="NAME", default=None,
+              help="The template to check (default: the project's default-template).")
+@click.option("--all", "all_templates", is_flag=True, help="Every template of the project.")
+@click.option("--security", is_flag=True, help="Only security updates count (the -security suites).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"outdated": [...]} on stdout.')
+@click.option("--offline", is_flag=True, hidden=True)
+@click.pass_context
+def outdated(ctx, template_name, all_templates, security, as_json, offline) -> None:
+    """Say which pinned packages and wheels have newer versions at their sources today.
+
+    One line per source package: locked -> available, the pocket (security, updates,
+    release; `index` for wheels), the packages, layers and templates. Exit code 0: nothing
+    outdated; 1: something is (with --security: a security update); 2: bad input or a source
+    that cannot be read.
+
+    \b
+    Example:
+      lxclayer outdated --all
+      lxclayer outdated --security --json    # a CI gate: exit 1 when a security fix is out
+    """
+    from . import outdated as od
+    from .errors import BuildError
+
+    if offline:
+        raise UserError("outdated reads the sources' current indices; it cannot run with --offline")
+    if template_name and all_templates:
+        raise click.UsageError("--template and --all exclude each other")
+    if template_name:
+        ctx.obj["template_name"] = template_name
+    names = list(_project(ctx).templates) if all_templates else [None]
+    found = []
+    indices: dict = {}
+    for name in names:
+        if name is not None:
+            ctx.obj["template_name"] = name
+        try:
+            found += od.outdated(_project(ctx), security_only=security, indices=indices)
+        except BuildError as e:
+            raise UserError(e.message()) from None  # exit 2: not "outdated", not "current"
+    if as_json:
+        click.echo(msgspec.json.encode(od.Report(outdated=found)).decode())
+    else:
+        click.echo(od.render_text(found), nl=False)
+        if not found:
+            click.echo("nothing outdated" + (" (security)" if security else ""), err=True)
+    sys.exit(1 if found else 0)
 
 
 @cli.command()
@@ -796,21 +862,25 @@ def _required_cache(project, printer, cache_opts):
 @cache_group.command("push")
 @click.option("--all", "all_roots", is_flag=True,
               help="Every lock that builds into this store (its GC roots), not only this project's locks.")
+@click.option("--artifacts", "artifacts_too", is_flag=True,
+              help="Also every pinned .deb and wheel, as blobs named by their sha256 (an [artifacts] fallback).")
 @cache_options
 @click.pass_context
-def cache_push(ctx, all_roots, **cache_opts) -> None:
+def cache_push(ctx, all_roots, artifacts_too, **cache_opts) -> None:
     """Upload what the local store holds for the project's locks (every template); only what
     the cache lacks is sent.
 
     \b
     Example:
       lxclayer cache push --cache oci://registry.example.com/team/lxclayer-cache
+      lxclayer cache push --artifacts   # and the pinned .debs and wheels (docs/cache.md)
     """
     from .cache import push_lock
 
     project, locks = _cache_locks(ctx, all_roots)
     printer = Printer()
     cache = _required_cache(project, printer, cache_opts)
+    incomplete = _push_artifacts(cache, locks, _store(ctx)) if artifacts_too else 0
     store = _store(ctx)
     bad = 0
     try:
@@ -826,7 +896,32 @@ def cache_push(ctx, all_roots, **cache_opts) -> None:
                 bad += bool(missing)
     finally:
         cache.close()
-    sys.exit(1 if bad else 0)
+    sys.exit(1 if bad or incomplete else 0)
+
+
+def _push_artifacts(cache, locks, store) -> int:
+    """Push every lock's pinned .debs and wheels; the number of locks whose pins the store
+    does not all hold."""
+    from .artifacts import push_artifacts
+    from .registry import RegistryError, client_for
+
+    st = cache.settings
+    incomplete = 0
+    try:
+        with store.session(), client_for(st.url, auth_file=st.auth_file, ca_file=st.ca_file,
+                                         insecure=st.insecure) as client:
+            for name, lock in locks:
+                r = push_artifacts(client, lock, store)
+                missing = ""
+                if r.missing:
+                    more = f" and {len(r.missing) - 5} more" if len(r.missing) > 5 else ""
+                    missing = f"; {len(r.missing)} not in the store: {', '.join(r.missing[:5])}{more}"
+                click.echo(f"{name}: {r.artifacts} artifact(s) in {cache.where} as {r.tag}{missing}")
+                incomplete += bool(r.missing)
+    except RegistryError as e:
+        cache.close()
+        raise UserError(f"cache {cache.where}: {e}") from None
+    return incomplete
 
 
 @cache_group.command("ls")

@@ -7,6 +7,10 @@ default-template = "debian-13-stock-analysis"   # what `lxclayer build` builds w
 [cache]
 url = "oci://registry.example.com/team/lxclayer-cache"
 mode = "pull"
+
+[artifacts]
+# Where a pinned .deb or wheel is fetched when its source no longer has it (docs/cache.md).
+fallbacks = ["https://snapshot.debian.org/archive/debian/{timestamp}/{path}", "oci://registry.example.com/team/artifacts"]
 ```
 
 Checked like a layer file: an unknown key or a wrong type is refused naming the file and key.
@@ -34,9 +38,16 @@ class CacheTable(msgspec.Struct, forbid_unknown_fields=True):
     mode: str = ""
 
 
+class ArtifactsTable(msgspec.Struct, forbid_unknown_fields=True):
+    # URL templates ({sha256}, {name}, {path}, {url}, {timestamp}) or oci://HOST[:PORT]/REPO,
+    # tried in order when an artifact's own source does not have it (lxclayer.artifacts).
+    fallbacks: list[str] = []
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     project: ProjectTable = msgspec.field(default_factory=ProjectTable)
     cache: CacheTable = msgspec.field(default_factory=CacheTable)
+    artifacts: ArtifactsTable = msgspec.field(default_factory=ArtifactsTable)
 
 
 def load(root: Path) -> Settings:
@@ -62,4 +73,10 @@ def load(root: Path) -> Settings:
     if s.cache.mode and s.cache.mode not in CACHE_MODES:
         raise DefinitionError(f"must be one of {', '.join(CACHE_MODES)}, not {s.cache.mode!r}",
                               file=SETTINGS_FILE, key="cache.mode")
+    from .artifacts import check_fallback
+
+    for i, f in enumerate(s.artifacts.fallbacks):
+        why = check_fallback(f)
+        if why:
+            raise DefinitionError(why, file=SETTINGS_FILE, key=f"artifacts.fallbacks[{i}]")
     return s

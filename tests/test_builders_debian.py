@@ -289,9 +289,10 @@ def test_fetch_downloads_checks_and_keeps_artifacts(tmp_path, http_dir, monkeypa
     with pytest.raises(BuildError, match="sha256 is .*, expected 0000"):
         fetch.fetch_all(store, [(bad, "y 1", fetch.deb_urls(bad, [base]))], tmp_path / "dl", offline=False,
                         log=print, file=None, key=None)
-    # every mirror says 404: the message points to snapshot mirrors
+    # every mirror says 404: one line naming every place tried, pointing to [artifacts] fallbacks
     gone = Artifact(name="z", version="1", arch="amd64", sha256="1" * 64, source="pool/z_1_amd64.deb")
-    with pytest.raises(BuildError, match="not served by .*LXCLAYER_DEB_MIRRORS.*snapshot"):
+    with pytest.raises(BuildError, match=r"no place has package z 1 \(sha256 111111111111…\); tried "
+                                         rf"{base}/pool/z_1_amd64.deb: HTTP 404; .*fallbacks.*snapshot"):
         fetch.fetch_all(store, [(gone, "z 1", fetch.deb_urls(gone, [base]))], tmp_path / "dl", offline=False,
                         log=print, file=None, key=None)
 

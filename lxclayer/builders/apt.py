@@ -22,6 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..artifacts import places_for
 from ..debian.apt import (
     apt_failure,
     deb_filename,
@@ -244,9 +245,10 @@ def realise(ctx: Context) -> Result:
     debs = ctx.workdir / "debs"
     debs.mkdir()
     if pinned:
+        places = places_for(ctx)  # the archives, then the project's [artifacts] fallbacks
         paths = fetch_all(
             ctx.store,
-            [(a, f"{a.name} {a.version} ({a.arch})", deb_urls(a, _bases(ctx))) for a in pinned.values()],
+            [(a, f"{a.name} {a.version} ({a.arch})", places(a, deb_urls(a, _bases(ctx)))) for a in pinned.values()],
             ctx.workdir / "download", offline=ctx.offline, log=ctx.log, file=shown(ctx), key="packages",
         )
         for a in pinned.values():

@@ -29,6 +29,7 @@ class Context:
     snapshots: Policy = field(default_factory=Policy)
     program_seconds: float = 0.0  # time spent in the programs the builder ran
     input: str = ""  # the layer's input digest, once known (names its snapshot)
+    resolved_at: str = ""  # when the lock's pins were resolved ("" if unknown or resolved now)
     _lower: list[Entry] | None = field(default=None, repr=False)
 
     @property

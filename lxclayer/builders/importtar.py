@@ -172,7 +172,9 @@ def _read(path: Path, ctx: Context) -> list[Entry]:
             elif m.isdir():
                 e = Entry(type="dir", xattrs=xattrs, **common)
             elif m.issym():
-                member_path(m.linkname)  # a name that is not UTF-8 is refused (".." is allowed here)
+                # A target that is not UTF-8 is refused; ".." is allowed here (a symlink's target
+                # is resolved in the container: etc/os-release -> ../usr/lib/os-release).
+                member_path("/".join("x" if part == ".." else part for part in m.linkname.split("/")))
                 common["mode"] = 0o777
                 e = Entry(type="symlink", target=m.linkname, **common)
             elif m.ischr() or m.isblk():

@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 
 from .. import hermetic
+from ..artifacts import places_for
 from ..debian.apt import (
     KEYRING,
     VARIANTS,
@@ -142,7 +143,8 @@ def _bases(s: Settings) -> list[str]:
 
 
 def fetch_debs(ctx: Context, pinned: dict[str, Artifact], bases: list[str]) -> dict[str, Path]:
-    items = [(a, f"{a.name} {a.version} ({a.arch})", deb_urls(a, bases)) for a in pinned.values()]
+    places = places_for(ctx)  # the mirrors, then the project's [artifacts] fallbacks
+    items = [(a, f"{a.name} {a.version} ({a.arch})", places(a, deb_urls(a, bases))) for a in pinned.values()]
     return fetch_all(ctx.store, items, ctx.workdir / "download", offline=ctx.offline, log=ctx.log,
                      file=shown(ctx), key="packages")
 

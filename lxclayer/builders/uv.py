@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from .. import hermetic
+from ..artifacts import places_for
 from ..debian.chroot import Bind, Chroot
 from ..debian.fetch import fetch_all, link_or_copy
 from ..debian.layer import (
@@ -126,7 +127,8 @@ def _uv_pin(ctx: Context, tgt: Target) -> Artifact:
 
 def _uv_program(ctx: Context, pin: Artifact) -> Path:
     """The uv program, out of its pinned wheel (from the store, or downloaded into it)."""
-    paths = fetch_all(ctx.store, [(pin, f"uv {pin.version} ({pin.arch})", [pin.source])], ctx.workdir / "download",
+    paths = fetch_all(ctx.store, [(pin, f"uv {pin.version} ({pin.arch})", places_for(ctx)(pin, [pin.source]))],
+                      ctx.workdir / "download",
                       offline=ctx.offline, log=ctx.log, file=shown(ctx), key="uv_version", kind="tool")
     dest = ctx.workdir / "uv" / "uv"
     if not dest.exists():
@@ -256,7 +258,8 @@ def realise(ctx: Context) -> Result:
     wheel_dir = ctx.workdir / "wheels"
     wheel_dir.mkdir()
     if pins:
-        paths = fetch_all(ctx.store, [(a, wheel_filename(a), [a.source]) for a in pins.values()],
+        places = places_for(ctx)  # the index, then the project's [artifacts] fallbacks
+        paths = fetch_all(ctx.store, [(a, wheel_filename(a), places(a, [a.source])) for a in pins.values()],
                           ctx.workdir / "download", offline=ctx.offline, log=ctx.log, file=shown(ctx),
                           key="venvs", kind="wheel")
         for a in pins.values():

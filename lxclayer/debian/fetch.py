@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import download
+from ..artifacts import OCI, Gone, fetch_oci
 from ..errors import BuildError, UserError
 from ..lock.model import Artifact
 from ..store import Store
 
-SNAPSHOT_HINT = ("if the mirror no longer serves it, set LXCLAYER_DEB_MIRRORS to a snapshot mirror "
-                 "(see docs/builders.md, 'Snapshot mirrors')")
+SNAPSHOT_HINT = ("list where else it may be in [artifacts] fallbacks of lxclayer.toml, e.g. "
+                 "snapshot.debian.org (docs/cache.md, 'Pins that outlive the mirror')")
 WORKERS = 6
 RETRIES = download.RETRIES  # (the policy is lxclayer.download's)
 
@@ -71,12 +72,12 @@ def fetch_all(
         a, shown, urls = item
         dest = tmp / f"{a.sha256}.download"
         try:
-            url = download.fetch(urls, dest, sha256=a.sha256, size=a.size or None, log=log)
+            url = fetch_places(urls, dest, a, log)
         except download.DownloadError as e:
-            if e.kind == download.GONE:
-                raise BuildError(f"{kind} {shown} is not served by {', '.join(_hosts(urls))}; {SNAPSHOT_HINT}",
-                                 file=file, key=key) from None
-            raise BuildError(f"cannot download {kind} {shown}: {e.reason}", file=file, key=key) from None
+            # One line: the package, its version and every place tried, each with its answer.
+            hint = f"; {SNAPSHOT_HINT}" if e.kind == download.GONE else ""
+            raise BuildError(f"no place has {kind} {shown} (sha256 {a.sha256[:12]}…); tried {e.reason}{hint}",
+                             file=file, key=key) from None
         try:
             return a.sha256, store.put_artifact_file(dest, a.sha256, name=shown)
         except UserError as e:
@@ -98,6 +99,38 @@ def fetch_all(
         if first_error is not None:
             raise first_error
     return have
+
+
+def fetch_places(places: list[str], dest: Path, a: Artifact, log: Callable[[str], None]) -> str:
+    """Download `a` from the first of `places` that has it: URLs through lxclayer.download,
+    `oci://HOST/REPO@sha256:…` (an [artifacts] fallback) from that registry. Returns the place;
+    DownloadError naming every place tried."""
+    tried: list[tuple[str, str]] = []
+    kinds: list[str] = []
+    i = 0
+    while i < len(places):
+        if places[i].startswith(OCI):
+            try:
+                fetch_oci(places[i], dest, size=a.size or None)
+                return places[i]
+            except Gone as e:
+                tried.append((places[i], str(e).removeprefix(places[i] + ": ")))
+                kinds.append(download.GONE)
+            except OSError as e:
+                tried.append((places[i], str(e).removeprefix(places[i] + ": ")))
+                kinds.append(download.UNREACHABLE)
+            i += 1
+            continue
+        j = i
+        while j < len(places) and not places[j].startswith(OCI):
+            j += 1
+        try:
+            return download.fetch(places[i:j], dest, sha256=a.sha256, size=a.size or None, log=log)
+        except download.DownloadError as e:
+            tried += e.tried
+            kinds += e.kinds
+        i = j
+    raise download.DownloadError(tried, kinds)
 
 
 def _hosts(urls: list[str]) -> list[str]:

@@ -194,9 +194,23 @@ def _artifacts(layer: str, a: dict[str, dict[str, Artifact]],
     flat_a = {n: art for group in a.values() for n, art in group.items()}
     flat_b = {n: art for group in b.values() for n, art in group.items()}
     out: list[Change] = []
+    # A Debian package moved to another version is reported per source package, with the
+    # pocket when the new .deb is the security archive's: the review reads like an advisory.
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for n in sorted(set(flat_a) & set(flat_b)):
+        x, y = flat_a[n], flat_b[n]
+        if x.version != y.version and _pool_source(x) and _pool_source(y) == _pool_source(x):
+            grouped.setdefault((_pool_source(y), x.version, y.version), []).append(n)
+    in_group = {n for names in grouped.values() for n in names}
+    for (src, old_v, new_v), names in sorted(grouped.items()):
+        parts = ["security"] if all(flat_b[n].source.startswith(SECURITY_POOL) for n in names) else []
+        if names != [src]:
+            parts.append(", ".join(names))
+        out.append(Change(kind="artifact", layer=layer, name=src, old=old_v, new=new_v,
+                          detail=": ".join(parts) if len(parts) == 2 else "".join(parts)))
     for n in sorted(set(flat_a) | set(flat_b)):
         x, y = flat_a.get(n), flat_b.get(n)
-        if x == y:
+        if x == y or n in in_group:
             continue
         if x is None or y is None:
             out.append(Change(kind="artifact", layer=layer, name=n,
@@ -212,6 +226,15 @@ def _artifacts(layer: str, a: dict[str, dict[str, Artifact]],
         out.append(Change(kind="artifact", layer=layer, name=n, old=_label(x), new=_label(y),
                           detail=", ".join(parts)))
     return out
+
+
+SECURITY_POOL = "pool/updates/"  # where Debian's security archive keeps its .debs
+
+
+def _pool_source(a: Artifact) -> str:
+    """The source package of a .deb from its pool path (`pool/main/o/openssl/…` -> openssl)."""
+    parts = a.source.split("/")
+    return parts[-2] if len(parts) >= 4 and parts[0] == "pool" and a.source.endswith(".deb") else ""
 
 
 def _label(a: Artifact) -> str:

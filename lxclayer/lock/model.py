@@ -32,6 +32,10 @@ class LockedLayer(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
     # Resolved artifacts by kind of artifact ("packages", "wheels", "tools", "tarballs"),
     # each name -> artifact.
     artifacts: dict[str, dict[str, Artifact]] = {}
+    # When the layer's pins were resolved (UTC, "2026-12-06T11:20:31Z"); "" in locks written
+    # before it was recorded. Not part of any digest: it only says where an artifact may be
+    # found once its mirror has moved on (`{timestamp}` of [artifacts] fallbacks).
+    resolved_at: str = ""
 
 
 class LockedArchive(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):

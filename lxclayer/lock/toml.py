@@ -113,6 +113,7 @@ def dumps(lock: Lockfile) -> str:
             ("input", value(layer.input)),
             ("output", value(layer.output)),
             ("parents", value(layer.parents)),
+            *([("resolved_at", value(layer.resolved_at))] if layer.resolved_at else []),
         ]))
         if layer.sources:
             parts.append("\n" + _table(["layers", name, "sources"], _sorted_dict(layer.sources)))
@@ -131,7 +132,8 @@ def stack_digest(lock: Lockfile) -> str:
     made from it (an OCI image carries it as a label, so it cannot include the image's digest)."""
     import hashlib
 
-    bare = msgspec.structs.replace(lock, template=msgspec.structs.replace(lock.template, archives={}, compressor={}))
+    bare = msgspec.structs.replace(lock, template=msgspec.structs.replace(lock.template, archives={}, compressor={}),
+                                   layers={n: msgspec.structs.replace(la, resolved_at="") for n, la in lock.layers.items()})
     return "sha256:" + hashlib.sha256(dumps(bare).encode()).hexdigest()
 
 
