@@ -62,9 +62,10 @@ def _write(w: Walker, e: Entry, store: Store, dirs: list[Entry], whiteouts: bool
     elif t == "file":
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent)
         try:
-            with open(fd, "wb", closefd=False) as f:
-                for block in store.iter_blob(e.hash):
-                    f.write(block)
+            for block in store.iter_blob(e.hash):
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view):]
             _meta_fd(fd, e)
         finally:
             os.close(fd)
