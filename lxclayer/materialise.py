@@ -21,10 +21,14 @@ _DEVICE = {"char": stat.S_IFCHR, "block": stat.S_IFBLK}
 WHITEOUT_DEVICE = os.makedev(0, 0)
 
 
+class UnsafePath(BuildError):
+    """A manifest path that would be written outside the destination."""
+
+
 def materialise(tree: list[Entry], dest: Path, store: Store, *, whiteouts: bool = False) -> None:
     """Create every entry of `tree` (archive order: parents first) under `dest`. Whiteouts are
     skipped, or made as char 0:0 devices (overlayfs's whiteouts) when `whiteouts`. A path that
-    would leave `dest` is a BuildError naming it."""
+    would leave `dest` is an UnsafePath error naming it."""
     dest.mkdir(parents=True, exist_ok=True)
     dirs: list[Entry] = []
     with Walker(dest) as w:
@@ -32,14 +36,14 @@ def materialise(tree: list[Entry], dest: Path, store: Store, *, whiteouts: bool 
             try:
                 _write(w, e, store, dirs, whiteouts)
             except Escape as x:
-                raise BuildError(f"refusing to write {e.path!r} outside {dest}: {x}") from None
+                raise UnsafePath(f"refusing to write {e.path!r} outside {dest}: {x}") from None
         # Children first: their creation changed the directories' mtimes.
         for e in reversed(dirs):
             try:
                 parent, name = w.parent(e.path)
                 fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             except Escape as x:
-                raise BuildError(f"refusing to write {e.path!r} outside {dest}: {x}") from None
+                raise UnsafePath(f"refusing to write {e.path!r} outside {dest}: {x}") from None
             try:
                 _meta_fd(fd, e)
             finally:

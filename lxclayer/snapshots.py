@@ -33,10 +33,10 @@ from pathlib import Path
 
 import msgspec
 
-from .errors import BuildError
+from .errors import BuildError, StoreCorruption
 from .fsio import pid_alive, rmtree
 from .manifest import Entry, find, parent_of, sort_key
-from .materialise import materialise
+from .materialise import UnsafePath, materialise
 from .scan import kept_xattr
 from .store import Store
 
@@ -147,6 +147,11 @@ def make(store: Store, input_digest: str, output: str, entries: list[Entry],
     except OSError as e:
         rmtree(tmp)
         raise BuildError(f"cannot make the snapshot of layer {input_digest[:16]}: {e.strerror or e}") from None
+    except UnsafePath as e:
+        # An entry published before the store had its entry gate: damage, removed and built again.
+        rmtree(tmp)
+        raise StoreCorruption(f"entry would write outside its snapshot: {e.reason}",
+                              entry=str(store.root / "layers" / input_digest)) from None
     except BaseException:
         rmtree(tmp)
         raise

@@ -29,7 +29,7 @@ from lxclayer import snapshots
 from lxclayer.build import build
 from lxclayer.definitions import load_project
 from lxclayer.digest import digest
-from lxclayer.errors import BuildError
+from lxclayer.errors import BuildError, StoreCorruption
 from lxclayer.manifest import Entry, sorted_entries
 from lxclayer.materialise import materialise
 from lxclayer.store import LayerEntry, LayerMeta, Store
@@ -253,6 +253,36 @@ def test_a_poisoned_cache_entry_is_refused_built_here_and_writes_nothing_outside
     assert not list((store / "snapshots").glob(".tmp-*"))
 
 
+def test_a_store_poisoned_before_the_gate_heals_without_writing_outside(tmp_path, monkeypatch):
+    """An entry published before the gate existed (here: published with the gate switched off)
+    is never written outside the store: `build --cache off` says so, removes it, builds the
+    layer again and succeeds."""
+    import lxclayer.entrycheck as gate
+
+    require_tools("unshare", "chroot")
+    proj = write_script_project(tmp_path / "proj")
+    canary = plant_canary(tmp_path / "canary")
+    before = canary_state(canary)
+    scout = build(load_project(proj), Store(tmp_path / "scout-store"), formats=["tar.gz"], write_lock=False)
+    extra_input = next(p.input for p in scout.layers if p.name == "extra")
+    shutil.rmtree(proj / "dist")
+    store = tmp_path / "store"
+    with monkeypatch.context() as m, Store(store).session() as s:
+        m.setattr(gate, "check_entries", lambda entries, **kw: gate.Verdict(refusals=[]))
+        entries, _ = POISONS["dotdot"](s, canary)
+        meta = LayerMeta(input=extra_input, output="", kind="files", builder="files/1", layer="extra")
+        poisoned = s.publish(meta, sorted_entries(entries)).output
+    top_before = sorted(os.listdir(tmp_path))
+    r = run_cli("--project", str(proj), "--store", str(store), "build", "--cache", "off")
+    assert canary_state(canary) == before
+    assert sorted(os.listdir(tmp_path)) == top_before
+    assert r.returncode == 0, r.stderr
+    assert "entry would write outside its snapshot: refusing to write '..' outside" in r.stderr
+    assert "removing the damaged entry and building again" in r.stderr
+    with Store(store).session() as s:
+        assert s.lookup(extra_input).output != poisoned
+
+
 # --- the gate itself --------------------------------------------------------------------------
 
 
@@ -376,14 +406,15 @@ def _escapes(store: Store, canary: Path) -> dict[str, list[Entry]]:
     "symlink-below-symlink", "dir-below-symlink", "whiteout-dotdot"])
 def test_snapshots_make_never_writes_outside_its_root(store, tmp_path, case):
     """snapshots.make with a manifest that got past every gate (a store poisoned before it
-    had one): a BuildError naming the path, the canary untouched, no snapshot left."""
+    had one): damage naming the entry and the path, the canary untouched, no snapshot left."""
     require_root()
     canary = plant_canary(tmp_path / "canary")
     before = canary_state(canary)
     top_before = sorted(os.listdir(tmp_path))
     entries = sorted_entries(_escapes(store, canary)[case])
-    with pytest.raises(BuildError, match="refusing to write"):
+    with pytest.raises(StoreCorruption, match="would write outside its snapshot: refusing to write") as e:
         snapshots.make(store, "p" * 32, "o" * 32, entries, lambda p: None, mtime=SDE)
+    assert e.value.entry == str(store.root / "layers" / ("p" * 32))  # what the build evicts
     assert canary_state(canary) == before
     assert sorted(os.listdir(tmp_path)) == top_before
     assert snapshots.check(store, "p" * 32, "o" * 32) == "missing"
