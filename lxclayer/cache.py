@@ -173,6 +173,13 @@ class Cache:
         if want_output is not None and output != want_output:
             self._refuse(layer, f"its output {output[:12]} is not the lock's {want_output[:12]}")
             return None
+        # Self-consistent is not safe: the store's entry gate decides (publish asks it again).
+        from .entrycheck import check_entries
+
+        verdict = check_entries(pulled.entries, blob_size=store.blob_size)
+        if not verdict.ok:
+            self._refuse(layer, f"unsafe entry: {verdict.reason()}")
+            return None
         self.stats.pulled.append(layer)
         return pulled
 

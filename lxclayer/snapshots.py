@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import shutil
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,10 +33,10 @@ from pathlib import Path
 
 import msgspec
 
-from .errors import BuildError
+from .errors import BuildError, StoreCorruption
 from .fsio import pid_alive, rmtree
 from .manifest import Entry, find, parent_of, sort_key
-from .materialise import materialise
+from .materialise import UnsafePath, materialise
 from .scan import kept_xattr
 from .store import Store
 
@@ -139,18 +140,18 @@ def make(store: Store, input_digest: str, output: str, entries: list[Entry],
     try:
         tmp.mkdir()
         root = tmp / ROOT
-        tree = layer_entries(entries, lower, mtime=mtime)
-        materialise([e for e in tree if e.type != "whiteout"], root, store)
-        for e in tree:
-            if e.type == "whiteout":
-                p = root / e.path
-                os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-        for e in (e for e in reversed(tree) if e.type == "dir"):  # mknod changed parents' mtimes
-            os.utime(root / e.path, (e.mtime, e.mtime), follow_symlinks=False)
+        # Written beneath `root` only, never through a symlink or `..` (materialise), whiteouts
+        # as char 0:0 devices; directories' mtimes last, after everything inside them.
+        materialise(layer_entries(entries, lower, mtime=mtime), root, store, whiteouts=True)
         final = _publish(store, input_digest, output, tmp, mtime)
     except OSError as e:
         rmtree(tmp)
         raise BuildError(f"cannot make the snapshot of layer {input_digest[:16]}: {e.strerror or e}") from None
+    except UnsafePath as e:
+        # An entry published before the store had its entry gate: damage, removed and built again.
+        rmtree(tmp)
+        raise StoreCorruption(f"entry would write outside its snapshot: {e.reason}",
+                              entry=str(store.root / "layers" / input_digest)) from None
     except BaseException:
         rmtree(tmp)
         raise
@@ -187,23 +188,24 @@ def adopt(store: Store, input_digest: str, output: str, upper: Path, *, mtime: i
         tmp.mkdir()
         root = tmp / ROOT
         os.rename(upper, root)
-        for dirpath, dirs, files in os.walk(root, topdown=False):
+        # Walked by directory descriptors, never following a symlink out of the tree.
+        for dirpath, dirs, files, dfd in os.fwalk(root, topdown=False, follow_symlinks=False):
             rel = os.path.relpath(dirpath, root)
             for name in itertools.chain(files, dirs):
-                p = os.path.join(dirpath, name)
-                st = os.lstat(p)
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 if stat.S_ISSOCK(st.st_mode) or _runtime(rel, name):
                     if stat.S_ISDIR(st.st_mode):
-                        rmtree(Path(p))
+                        shutil.rmtree(name, dir_fd=dfd)
                     else:
-                        os.unlink(p)
+                        os.unlink(name, dir_fd=dfd)
                     continue
                 if not stat.S_ISLNK(st.st_mode):
+                    p = f"/proc/self/fd/{dfd}/{name}"
                     for x in os.listxattr(p, follow_symlinks=False):
                         if x != OPAQUE and not kept_xattr(x):
                             os.removexattr(p, x, follow_symlinks=False)
                 if st.st_mtime_ns > mtime * 1_000_000_000:
-                    os.utime(p, (mtime, mtime), follow_symlinks=False)
+                    os.utime(name, (mtime, mtime), dir_fd=dfd, follow_symlinks=False)
         return _publish(store, input_digest, output, tmp, mtime) / ROOT
     except BaseException:
         rmtree(tmp)

@@ -170,13 +170,13 @@ def test_a_killed_snapshot_build_leaves_nothing_trusted_and_is_swept(store, tmp_
         "import msgspec\n"
         "entries = msgspec.msgpack.decode(sys.stdin.buffer.read(), type=list[Entry])\n"
         "n = int(sys.argv[2])\n"
-        "real = materialise._meta\n"
+        "real = materialise._meta_fd\n"
         "count = [0]\n"
         "def meta(p, e):\n"
         "    count[0] += 1\n"
         "    if count[0] == n: os.kill(os.getpid(), signal.SIGKILL)\n"
         "    real(p, e)\n"
-        "materialise._meta = meta\n"
+        "materialise._meta_fd = meta\n"
         "snapshots.ensure(Store(sys.argv[1]), 'b', 'out-b', lambda: entries, lambda p: None, mtime=0)\n"
     )
     import msgspec

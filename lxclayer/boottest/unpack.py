@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
+from ..beneath import DIR_FLAGS, Escape, open_dir
 from ..errors import ArchiveError, UserError
 
 ID_MAP = "0:100000:65536"
@@ -190,22 +192,51 @@ def oci_layer_command(root: Path, flags: list[str]) -> list[str]:
     ]
 
 
-def _inside(root: Path, name: str, archive: Path) -> Path:
-    """`root`/`name` for a whiteout's target, refusing names that leave the root or pass through
-    a symlink (a layer must not delete what is not in the container)."""
+def _parts(name: str, archive: Path) -> list[str]:
+    """The components of a whiteout's target; ArchiveError when it leaves the root."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
-    if name.startswith("/") or ".." in parts:
+    if name.startswith("/") or ".." in parts or any("\0" in p for p in parts):
         raise ArchiveError(f"whiteout {name!r} leaves the root file system", file=str(archive))
-    path = root
-    for p in parts[:-1]:
-        path = path / p
-        if path.is_symlink():
-            raise ArchiveError(f"whiteout {name!r} passes through the symlink {p!r}", file=str(archive))
-    return path / parts[-1] if parts else root
+    return parts
+
+
+def _open_parent(root_fd: int, parts: list[str], name: str, archive: Path) -> int | None:
+    """A descriptor of the directory holding the whiteout's target, walked from the root one
+    component at a time without following a symlink; None when a directory on the way is
+    missing (nothing to delete). ArchiveError when the way passes through a symlink (a layer
+    must not delete what is not in the container)."""
+    fd = os.dup(root_fd)
+    for p in parts:
+        try:
+            nxt = open_dir(p, fd)
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        except Escape:
+            os.close(fd)
+            raise ArchiveError(f"whiteout {name!r} passes through the symlink or file {p!r}",
+                               file=str(archive)) from None
+        os.close(fd)
+        fd = nxt
+    return fd
+
+
+def _remove_at(dir_fd: int, name: str) -> None:
+    """Remove `name` in the open directory `dir_fd` (a directory with all below it), never
+    following a symlink."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def _apply_whiteouts(blob, flags: list[str], root: Path, archive: Path) -> None:
-    """Delete what the layer's whiteouts name, before the layer is unpacked (as PVE does)."""
+    """Delete what the layer's whiteouts name, before the layer is unpacked (as PVE does),
+    beneath `root` only: resolved by directory descriptors, never through a symlink or `..`."""
     import tarfile
 
     mode = {"-z": "r|gz", "--zstd": None}.get(flags[0] if flags else "", "r|")
@@ -214,28 +245,44 @@ def _apply_whiteouts(blob, flags: list[str], root: Path, archive: Path) -> None:
 
         blob = zstandard.ZstdDecompressor().stream_reader(blob)
         mode = "r|"
+    root_fd = os.open(root, DIR_FLAGS)
     try:
         with tarfile.open(fileobj=blob, mode=mode) as tf:
             for m in tf:
                 head, _, base = m.name.rstrip("/").rpartition("/")
                 if not base.startswith(WHITEOUT):
                     continue
+                dirs = _parts(head, archive)
                 if base == OPAQUE:
-                    target = _inside(root, head or ".", archive)
-                    if target.is_dir() and not target.is_symlink():
-                        for child in target.iterdir():
-                            _remove(child)
+                    fd = _open_parent(root_fd, dirs[:-1], m.name, archive)
+                    if fd is not None and dirs:  # the folder itself: emptied only if it is one
+                        parent = fd
+                        try:
+                            fd = open_dir(dirs[-1], parent)
+                        except (FileNotFoundError, Escape):
+                            fd = None
+                        finally:
+                            os.close(parent)
+                    if fd is not None:
+                        try:
+                            for child in os.listdir(fd):
+                                _remove_at(fd, child)
+                        finally:
+                            os.close(fd)
                     continue
-                _remove(_inside(root, f"{head}/{base[len(WHITEOUT):]}" if head else base[len(WHITEOUT):], archive))
+                target = base[len(WHITEOUT):]
+                if target in ("", ".", "..") or "\0" in target:
+                    raise ArchiveError(f"whiteout {m.name!r} leaves the root file system", file=str(archive))
+                fd = _open_parent(root_fd, dirs, m.name, archive)
+                if fd is not None:
+                    try:
+                        _remove_at(fd, target)
+                    finally:
+                        os.close(fd)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ArchiveError(f"a layer does not read as a tar: {e}", file=str(archive)) from None
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        path.unlink()
+    finally:
+        os.close(root_fd)
 
 
 def unpack_oci(archive: Path, root: Path) -> float:

@@ -110,6 +110,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def has_blob(self, h: str) -> bool: ...
 
+    def blob_size(self, h: str) -> int | None:
+        """The size of a stored blob (None if absent or unknown): what the entry gate checks
+        a manifest's file sizes against."""
+        return None
+
     @abc.abstractmethod
     def put_blob(self, data: bytes) -> str: ...
 

@@ -263,6 +263,13 @@ class LocalStore(Store):
     def has_blob(self, h: str) -> bool:
         return self.blob_path(h).exists()
 
+    def blob_size(self, h: str) -> int | None:
+        """The size of the stored blob `h` (None if absent), without reading it."""
+        try:
+            return os.stat(f"{self._blobs}/{h[:2]}/{h}").st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def _publish_file(self, staged: Path, final: Path, mode: int = 0o444) -> None:
         os.chmod(staged, mode)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -455,10 +462,13 @@ class LocalStore(Store):
         return True
 
     def publish(self, meta: LayerMeta, entries: list[Entry]) -> LayerEntry:
-        """Store a built layer under its input digest, atomically."""
-        for e in entries:
-            if e.type == "file" and not self.has_blob(e.hash):
-                raise RuntimeError(f"publish: blob of {e.path} not in store")
+        """Store a built layer under its input digest, atomically, once the entry gate
+        (:mod:`lxclayer.entrycheck`) passes it: UnsafeEntry otherwise, and nothing is stored."""
+        from ..entrycheck import UnsafeEntry, check_entries  # loaded when first publishing
+
+        verdict = check_entries(entries, blob_size=self.blob_size)
+        if not verdict.ok:
+            raise UnsafeEntry(verdict, layer=meta.layer)
         raw = _manifest_enc.encode(entries)
         output = digest(entries)
         meta = msgspec.structs.replace(meta, output=output, seal="")
