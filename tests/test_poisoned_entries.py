@@ -278,7 +278,7 @@ def test_a_store_poisoned_before_the_gate_heals_without_writing_outside(tmp_path
     assert sorted(os.listdir(tmp_path)) == top_before
     assert r.returncode == 0, r.stderr
     assert "entry would write outside its snapshot: refusing to write '..' outside" in r.stderr
-    assert "removing the damaged entry and building again" in r.stderr
+    assert "removed from the store; building extra again" in r.stderr
     with Store(store).session() as s:
         assert s.lookup(extra_input).output != poisoned
 
