@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from ..errors import BuildError, UserError
 from ..lock.model import Artifact
+from ..progress import events
 from ..store import Store
 
 SNAPSHOT_HINT = ("if the mirror no longer serves it, set LXCLAYER_DEB_MIRRORS to a snapshot mirror "
@@ -36,15 +38,17 @@ class NotFound(Exception):
     pass
 
 
-def _download(url: str, dest: Path) -> None:
+def _download(url: str, dest: Path, on_bytes: Callable[[int], None] | None = None) -> None:
     import urllib.error  # imported here: start-up stays light
     import urllib.request
 
     req = urllib.request.Request(url, headers={"User-Agent": "lxclayer"})
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as r, open(dest, "wb") as f:  # noqa: S310
-            while block := r.read(1 << 20):
+            while block := r.read(1 << 16):
                 f.write(block)
+                if on_bytes is not None:
+                    on_bytes(len(block))
     except urllib.error.HTTPError as e:
         dest.unlink(missing_ok=True)
         if e.code in (403, 404, 410):
@@ -55,11 +59,11 @@ def _download(url: str, dest: Path) -> None:
         raise OSError(f"{url}: {getattr(e, 'reason', e)}") from None
 
 
-def _download_retrying(url: str, dest: Path) -> None:
+def _download_retrying(url: str, dest: Path, on_bytes: Callable[[int], None] | None = None) -> None:
     """`_download`, tried again after a transient failure; NotFound is final at once."""
     for attempt in range(RETRIES):
         try:
-            _download(url, dest)
+            _download(url, dest, on_bytes)
             return
         except NotFound:
             raise
@@ -105,15 +109,25 @@ def fetch_all(
     total = sum(a.size for a, _, _ in missing)
     log(f"downloading {len(missing)} {kind}s ({total / 1e6:.1f} MB)")
     tmp.mkdir(parents=True, exist_ok=True)
+    meter = _Meter(f"{kind}s", len(missing), total)
 
     def one(item: tuple[Artifact, str, list[str]]) -> tuple[str, Path]:
         a, shown, urls = item
         part = tmp / f"{a.sha256}.part"
         errors: list[str] = []
         notfound = 0
+        got = 0
+
+        def counted(n: int) -> None:
+            nonlocal got
+            got += n
+            meter.add(n)
+
         for url in urls:
+            meter.add(-got)  # a try that broke off: its bytes come again
+            got = 0
             try:
-                _download_retrying(url, part)
+                _download_retrying(url, part, counted)
             except NotFound as e:
                 notfound += 1
                 errors.append(str(e))
@@ -122,7 +136,9 @@ def fetch_all(
                 errors.insert(0, str(e))  # a transient failure says more than another mirror's 404
                 continue
             try:
-                return a.sha256, store.put_artifact_file(part, a.sha256, name=shown)
+                stored = store.put_artifact_file(part, a.sha256, name=shown)
+                meter.file_done()
+                return a.sha256, stored
             except UserError as e:
                 raise BuildError(f"{e.reason} (downloaded from {url})", file=file, key=key) from None
         if notfound == len(urls):
@@ -132,7 +148,7 @@ def fetch_all(
                          file=file, key=key)
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        futures = [pool.submit(one, m) for m in missing]
+        futures = [pool.submit(events.bound(one), m) for m in missing]
         first_error: BaseException | None = None
         for f in futures:
             try:
@@ -142,7 +158,39 @@ def fetch_all(
                 first_error = first_error or e
         if first_error is not None:
             raise first_error
+    meter.finish()
     return have
+
+
+class _Meter:
+    """Bytes and files of a download, as progress events (docs/progress.md), now and then."""
+
+    def __init__(self, what: str, files: int, total: int):
+        self.what, self.files, self.total = what, files, total
+        self.files_done = 0
+        self.rate = events.Rate(total)
+        self._lock = threading.Lock()
+
+    def _event(self, done: bool = False) -> events.DownloadProgress:
+        return events.DownloadProgress(layer=events.layer(), what=self.what, files_done=self.files_done,
+                                       files_total=self.files, bytes_done=max(self.rate.done, 0),
+                                       bytes_total=self.total, rate=round(self.rate.rate), done=done)
+
+    def add(self, n: int) -> None:
+        if not events.active():
+            return
+        with self._lock:
+            say = self.rate.add(n)
+        if say:
+            events.emit(self._event())
+
+    def file_done(self) -> None:
+        with self._lock:
+            self.files_done += 1
+
+    def finish(self) -> None:
+        if events.active():
+            events.emit(self._event(done=True))
 
 
 def _hosts(urls: list[str]) -> list[str]:
