@@ -23,6 +23,8 @@ def size(n: float) -> str:
 
 def short_command(argv: list[str], width: int = 72) -> str:
     """A command line cut to `width` characters (an apt-get install names dozens of files)."""
+    if len(argv) > 2 and argv[0].rsplit("/", 1)[-1] == "chroot":
+        argv = argv[2:]  # the program run in the chroot says more than the chroot's path
     if not argv:
         return "?"
     words = [argv[0].rsplit("/", 1)[-1], *argv[1:]]
