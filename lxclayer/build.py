@@ -333,7 +333,8 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
     out_dir = out_dir or project.root / "dist"
     formats = formats or list(project.template.formats)
     lock_path = project.lock_file
-    with store.session(), store.project_lock(lock_path):
+    # (the layers route their own; this covers the shared cache's transfers after them)
+    with progress_events.routed(sink_of(events)), store.session(), store.project_lock(lock_path):
         lock = locktoml.read(lock_path)  # read under the project lock: another build may have written it
         for folder in (out_dir, lock_path.parent):
             remove_stale_temporaries(folder)
