@@ -268,6 +268,8 @@ class Tty(Renderer):
             if self.verbose:
                 self.above(f"  {e.layer or '-'}| {e.line}")
         elif isinstance(e, ev.ProgramFinished):
+            if e.layer in self.layers:
+                self.layers[e.layer][1] = ""  # (the layer goes on: normalising, storing)
             if self.verbose:
                 self.above(f"  {e.layer or '-'}: exit code {e.returncode} after {e.seconds:.1f}s")
         elif isinstance(e, ev.DownloadProgress):
