@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--template", default=None)
     ap.add_argument("--project", type=Path, default=REPO)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--mode", choices=["both", "sequential", "parallel"], default="both")
     a = ap.parse_args()
     project = load_project(root=a.project, template=a.template)
     lock = locktoml.read(project.lock_file)
@@ -59,7 +60,9 @@ def main() -> int:
     stack_lock = b._lock_from(project, entries, [], None)
     bad = 0
     for rnd in range(a.rounds):
-        for mode in ("one after the other", "side by side"):
+        modes = {"both": ("one after the other", "side by side"), "sequential": ("one after the other",),
+                 "parallel": ("side by side",)}[a.mode]
+        for mode in modes:
             cold(store)
             with tempfile.TemporaryDirectory(dir="/var/tmp") as out, store.session():
                 tree = b._checked_tree(entries, project.template.source_date_epoch)
