@@ -13,6 +13,7 @@ the archive. The lock is read before and written after, as the mode says:
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from .manifest import merge
 from .outputs import ArchiveInfo, ExportJob
 from .outputs.provenance import git_source, write_provenance
 from .outputs.sbom import write_sbom
+from .progress import events as progress_events
+from .progress import sink_of
 from .sources import StatCache, cache_for
 from .store import LayerEntry, LayerMeta, Store
 
@@ -227,7 +230,8 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
     def log(message: str) -> None:
         events.log(layer.name, message)
 
-    with store.staging(f"build-{layer.name}") as work:
+    # What the builder's programs, downloads and transfers emit goes to the build's sink, for this layer.
+    with progress_events.routed(sink_of(events), layer.name), store.staging(f"build-{layer.name}") as work:
         ctx = _context(layer, project, store, below, {}, work, mode, offline, log, snaps)
         artifacts = ev.locked_pins(layer)
         if artifacts is None:
@@ -365,7 +369,8 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
     out_dir = out_dir or project.root / "dist"
     formats = [] if layers_only else formats or list(project.template.formats)
     lock_path = project.lock_file
-    with store.session(), store.project_lock(lock_path):
+    # (the layers route their own; this covers the shared cache's transfers after them)
+    with progress_events.routed(sink_of(events)), store.session(), store.project_lock(lock_path):
         lock = locktoml.read(lock_path)  # read under the project lock: another build may have written it
         for folder in (out_dir, lock_path.parent):
             remove_stale_temporaries(folder)
@@ -399,8 +404,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 if shared is not None and (any(p.state != "cached" for p in plans) or not all(
                         (out_dir / outputs.exporter(f).filename(project.template)).exists() for f in formats)):
                     pulled = {f: shared.fetch_outputs(outputs.cache_key(stack_lock, f), store) for f in formats}
-                archives = [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events)
-                            for fmt in formats]
+                archives = _export_all(project, store, tree, formats, out_dir, entries, stack_lock, jobs, events)
                 # every template's SBOM, from its lock alone
                 sbom = write_sbom(stack_lock, out_dir) if formats else None
                 break
@@ -446,14 +450,20 @@ def _checked_tree(entries: list[LayerEntry], mtime: int) -> Callable[[], list]:
     (a no-op build never needs it)."""
     from .check import check_members  # imported late: keeps start-up light
 
+    lock = threading.Lock()  # exporters run in threads; the tree is made once
+
     @functools.cache
-    def tree() -> list:
+    def made() -> list:
         merged = merge((e.entries for e in entries), mtime=mtime)
         violations = check_members(_members(merged))
         if violations:
             raise BuildError("the composed tree breaks the template rules:\n  " + "\n  ".join(
                 f"{v.path}: {v.message} ({v.rule})" for v in violations[:20]))
         return merged
+
+    def tree() -> list:
+        with lock:
+            return made()
 
     return tree
 
@@ -467,11 +477,46 @@ def _members(entries):
         yield Member(name=member_name(e), type=e.type, uid=e.uid, gid=e.gid, mode=e.mode,
                      size=e.size, linkname=e.target, xattrs=tuple(e.xattrs))
 
+SWITCH_INTERVAL = 0.0005  # seconds: the GIL's switch interval while exporters run side by side
+
+
+def _export_all(project: Project, store: Store, tree: Callable[[], list], formats: list[str], out_dir: Path,
+                entries: list[LayerEntry], stack_lock: Lockfile, jobs: int | None, events: Events) -> list[ArchiveInfo]:
+    """Every format's output, side by side: zlib and zstd release the GIL, so a cold build waits
+    for the slowest exporter, not for their sum. Each output's bytes depend on nothing of the
+    others. The first failure (in format order) is raised once all have ended."""
+    if len(formats) < 2:
+        return [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events) for fmt in formats]
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The exporters' threads take turns at the GIL for their Python parts (tar headers, chunk
+    # plans) between long stretches in zlib and zstd, which release it. A thread back from zlib
+    # waits up to the switch interval (5 ms) for one busy in Python: thousands of such waits
+    # made two exporters side by side slower than one after the other (docs/performance.md).
+    # A shorter interval while they run hands the GIL over sooner; the bytes do not change.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+    try:
+        with ThreadPoolExecutor(max_workers=len(formats), thread_name_prefix="lxclayer-export") as pool:
+            futures = [pool.submit(progress_events.bound(_export), project, store, tree, fmt, out_dir, entries,
+                                   stack_lock, jobs, events) for fmt in formats]
+            errors = [f.exception() for f in futures]
+    finally:
+        sys.setswitchinterval(interval)
+    for e in errors:
+        if e is not None:
+            raise e
+    return [f.result() for f in futures]
+
+
 def _export(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
             entries: list[LayerEntry], stack_lock: Lockfile, jobs: int | None, events: Events) -> ArchiveInfo:
+    advance = getattr(events, "export_progress", None)
     job = ExportJob(template=project.template, store=store, layers=entries, tree=tree, out_dir=out_dir,
                     lock=stack_lock, jobs=jobs, progress=lambda n, r: events.compose_progress(fmt, n, r),
-                    started=lambda path: events.compose_start(fmt, path))
+                    started=lambda path: events.compose_start(fmt, path),
+                    advance=None if advance is None else lambda done, total, rate: advance(fmt, done, total, rate))
     info = outputs.exporter(fmt).export(job)
     events.compose_done(info)
     return info

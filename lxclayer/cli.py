@@ -7,10 +7,9 @@ with code 2; nothing a user can cause prints a traceback.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 import click
@@ -18,6 +17,7 @@ import msgspec
 
 from .errors import UserError
 from .outputs import FORMATS
+from .progress import MODES, Printer
 
 
 def _human_size(n: float) -> str:
@@ -134,94 +134,49 @@ def _print_cache(stats, where: str) -> None:
     click.echo(f"cache {where}: {', '.join(parts)}", err=True)
 
 
-class Printer:
-    """Build events as lines on stderr, with a ticking elapsed time on a terminal."""
+def progress_options(f):
+    """`--progress`, `-v` and `--log` for a command that builds (docs/progress.md); after a
+    failure, the lines the console has to add (the failing program's last lines, the log's
+    path) are printed under the one-line error."""
 
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty() and not quiet
-        self._tick: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._status = ""
+    @click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
+                  help="How to show the build: tty (live lines and bars), plain (line by line, for CI logs), "
+                       "json (one JSON object per event); auto: tty on a terminal, else plain.")
+    @click.option("-v", "--verbose", is_flag=True, help="Also show program command lines and their output.")
+    @click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Write the build's log here (default: STORE/logs/TIME-TEMPLATE.log).")
+    @click.pass_context
+    @functools.wraps(f)
+    def run(ctx, progress_mode, verbose, log_file, **kw):
+        ctx.obj["progress"] = (progress_mode, verbose, log_file)
+        try:
+            return ctx.invoke(f, **kw)
+        except (UserError, OSError) as e:
+            console = ctx.obj.get("console")
+            for note in console.notes() if console is not None else []:
+                e.add_note(note)
+            raise
+        finally:
+            console = ctx.obj.pop("console", None)
+            if console is not None:
+                console.close()
 
-    def _line(self, text: str, *, always: bool = False) -> None:
-        if self.quiet and not always:
-            return
-        with self._lock:
-            if self.tty:
-                sys.stderr.write("\r\033[K")
-            sys.stderr.write(text + "\n")
-            if self.tty and self._status:
-                sys.stderr.write(self._status)
-            sys.stderr.flush()
+    return run
 
-    def _start_ticker(self, label: str) -> None:
-        if not self.tty:
-            return
-        self._stop.clear()
-        t0 = time.monotonic()
 
-        def run() -> None:
-            frames = "|/-\\"
-            i = 0
-            while not self._stop.wait(0.2):
-                with self._lock:
-                    self._status = f"  {frames[i % 4]} {label}  {time.monotonic() - t0:5.1f}s"
-                    sys.stderr.write("\r\033[K" + self._status)
-                    sys.stderr.flush()
-                i += 1
+def _printer(ctx: click.Context, project, *, quiet: bool = False) -> Printer:
+    """The events object of a build run by a command with `progress_options`: its console
+    renders as `--progress` says and logs to `--log` or STORE/logs/."""
+    from .progress import Console, Reporter, log_path
 
-        self._tick = threading.Thread(target=run, daemon=True)
-        self._tick.start()
-
-    def _stop_ticker(self) -> None:
-        if self._tick:
-            self._stop.set()
-            self._tick.join()
-            self._tick = None
-            with self._lock:
-                self._status = ""
-                sys.stderr.write("\r\033[K")
-
-    # Events
-    def layer_start(self, p) -> None:
-        why = f" ({'; '.join(p.reasons)})" if p.reasons else ""
-        self._line(f"  building {p.name} [{p.kind}]{why}")
-        self._start_ticker(f"building {p.name}")
-
-    def layer_done(self, p) -> None:
-        self._stop_ticker()
-        if p.state == "built":
-            progs = f" (programs {p.program_seconds:.1f}s)" if p.program_seconds else ""
-            self._line(f"  built    {p.name} in {p.seconds:.1f}s{progs}  {p.output[:12]}")
-        elif p.state == "pulled":
-            self._line(f"  pulled   {p.name} from the cache in {p.seconds:.1f}s  {p.output[:12]}")
-        else:
-            self._line(f"  cached   {p.name}  {p.output[:12]}")
-
-    def log(self, layer: str, message: str) -> None:
-        self._line(f"    {layer}: {message}")
-
-    def compose_start(self, fmt: str, path: Path) -> None:
-        self._line(f"  composing {path.name}")
-        self._start_ticker(f"composing {fmt}")
-
-    def compose_progress(self, fmt: str, chunks: int, reused: int) -> None:
-        pass
-
-    def compose_done(self, info) -> None:
-        self._stop_ticker()
-        if info.composed:
-            what = "layer blobs" if info.image else "chunks"
-            self._line(f"  composed {info.path.name} in {info.seconds:.1f}s"
-                       f" ({info.reused} of {info.chunks} {what} reused)")
-        else:
-            self._line(f"  up to date {info.path.name}")
-
-    def warn(self, message: str) -> None:
-        # on stderr even with --json (stdout holds the report): a warning is never silent
-        self._line(f"  warning: {message}", always=True)
+    mode, verbose, log_file = ctx.obj.get("progress", ("auto", False, None))
+    if quiet and mode == "auto":
+        mode = "quiet"  # --json: the report on stdout, only warnings on stderr
+    store_root = _store(ctx).root
+    console = Console("plain" if mode == "quiet" else mode, verbose=verbose, quiet=mode == "quiet",
+                      log=log_file or (lambda: log_path(store_root, project.template.name)))
+    ctx.obj["console"] = console
+    return Reporter(console)  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -305,6 +260,7 @@ def _print_result(res) -> None:
 @cache_options
 @SNAPSHOTS_OPTION
 @per_template
+@progress_options
 @click.pass_context
 def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps, **cache_opts) -> None:
     """Build the template: every layer the store lacks, then the archive and the lock.
@@ -317,7 +273,7 @@ def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps, **ca
     from . import build as b
 
     project = _project(ctx)
-    printer = Printer(quiet=as_json)
+    printer = _printer(ctx, project, quiet=as_json)
     cache = _cache(project, printer, **cache_opts)
     try:
         res = b.build(project, _store(ctx), mode=_mode(locked, frozen), offline=offline,
@@ -372,6 +328,7 @@ def plan(ctx, as_json) -> None:
 @cache_options
 @SNAPSHOTS_OPTION
 @per_template
+@progress_options
 @click.pass_context
 def lock(ctx, upgrade, upgrade_layers, security_only, offline, snaps, **cache_opts) -> None:
     """Resolve pins, build, and write locks/<template>.lock.
@@ -402,7 +359,7 @@ def lock(ctx, upgrade, upgrade_layers, security_only, offline, snaps, **cache_op
 
         check_layers(project, list(upgrade_layers))  # bad input: refused before anything runs
         repin = lambda lk: pins_for(project, lk, layers=list(upgrade_layers), security_only=security_only)  # noqa: E731
-    printer = Printer()
+    printer = _printer(ctx, project)
     cache = _cache(project, printer, **cache_opts)
     try:
         # --upgrade: pins of every layer are resolved again (the old lock is hidden from the build).
@@ -607,6 +564,7 @@ def gc(ctx, dry_run) -> None:
 @click.argument("layers", nargs=-1)
 @cache_options
 @per_template
+@progress_options
 @click.pass_context
 def verify(ctx, rebuild, repair, layers, **cache_opts) -> None:
     """Check the store's entries and blobs for the locked template, naming every damaged blob
@@ -645,7 +603,8 @@ def verify(ctx, rebuild, repair, layers, **cache_opts) -> None:
     elif not rebuild or project.lock_file.exists():
         bad += _report_damage(verify_store(project, store, list(layers)), None if rebuild else "ok")
     if rebuild:
-        bad += _report(verify_rebuild(project, store, list(layers), events=Printer()), "not reproducible",
+        bad += _report(verify_rebuild(project, store, list(layers), events=_printer(ctx, project)),
+                       "not reproducible",
                        "reproducible")
     cache = None if repair else _cache(project, Printer(), **cache_opts)
     if cache is not None:
@@ -726,6 +685,7 @@ def _report(results: dict[str, list[str]], bad_word: str, ok_word: str | None) -
                    "(default: $LXCLAYER_SIGN_PASSPHRASE_FILE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @per_template
+@progress_options
 @click.pass_context
 def push(ctx, reference, auth_file, ca_file, insecure, sign_key, sign_passphrase_file, as_json) -> None:
     """Push the template's OCI image, with its SBOM attached, to a registry.
@@ -743,8 +703,9 @@ def push(ctx, reference, auth_file, ca_file, insecure, sign_key, sign_passphrase
     """
     from .push import push as run_push
 
-    res = run_push(_project(ctx), _store(ctx), reference, auth_file=auth_file, ca_file=ca_file,
-                   insecure=insecure, events=Printer(quiet=as_json), sign_key=sign_key,
+    project = _project(ctx)
+    res = run_push(project, _store(ctx), reference, auth_file=auth_file, ca_file=ca_file,
+                   insecure=insecure, events=_printer(ctx, project, quiet=as_json), sign_key=sign_key,
                    passphrase_file=sign_passphrase_file)
     if as_json:
         click.echo(msgspec.json.encode({"reference": res.reference, "digest": res.digest, "blobs": res.blobs,
@@ -1001,6 +962,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except UserError as e:
         click.echo(f"lxclayer: error: {e.message()}", err=True)
+        _notes(e)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("lxclayer: interrupted", err=True)
@@ -1015,7 +977,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
         click.echo(f"lxclayer: error: {where + ': ' if where else ''}{e.strerror or e}", err=True)
+        _notes(e)
         sys.exit(1)
+
+
+def _notes(e: BaseException) -> None:
+    """Under the error line: what the build's console added (docs/progress.md)."""
+    for note in getattr(e, "__notes__", ()):
+        click.echo(note, err=True)
 
 
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,

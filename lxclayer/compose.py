@@ -19,6 +19,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -181,8 +182,11 @@ def _remove_abandoned(out: Path) -> None:
 
 
 def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: int,
-            jobs: int | None = None, progress: Callable[[int, int], None] | None = None) -> ComposeResult:
-    """Write `entries` (merged, archive order) as `out`; atomically, with its sha256."""
+            jobs: int | None = None, progress: Callable[[int, int], None] | None = None,
+            advance: Callable[[int, int, float], None] | None = None) -> ComposeResult:
+    """Write `entries` (merged, archive order) as `out`; atomically, with its sha256.
+    `progress(chunks done, of which reused)`; `advance(bytes done, of about, bytes per second)`
+    counts the tar stream (the total is estimated: contents plus a block per entry)."""
     if fmt not in FORMATS:
         raise BuildError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     jobs = jobs or os.cpu_count() or 1
@@ -206,12 +210,15 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
     # Chunks are read or compressed on all cores; one writer thread appends them in order and
     # hashes them, so that reading, compressing, writing and hashing overlap. The queue lets the
     # workers run a few chunks ahead of a slow one; it bounds the memory held by finished chunks.
-    ahead: queue.Queue[Future[tuple[bytes, bool]] | None] = queue.Queue(maxsize=2 * jobs + 2)
+    ahead: queue.Queue[tuple[Future[tuple[bytes, bool]], int] | None] = queue.Queue(maxsize=2 * jobs + 2)
+    total = sum(e.size for e in entries if e.type == "file") + tarformat.BLOCK * (len(entries) + 1) if advance else 0
+    t0 = time.monotonic()
 
     def writer(f: prealloc.GrowingFile) -> None:
         nonlocal reused
-        done = 0
-        while (fut := ahead.get()) is not None:
+        done = raw_done = 0
+        while (item := ahead.get()) is not None:
+            fut, raw = item
             if failure:
                 continue  # keep taking futures, so that the producer never blocks
             try:
@@ -225,6 +232,9 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
             done += 1
             if progress:
                 progress(done, reused)
+            if advance:
+                raw_done += raw
+                advance(min(raw_done, total), total, raw_done / max(time.monotonic() - t0, 1e-6))
 
     try:
         f = prealloc.GrowingFile(fd)
@@ -237,7 +247,7 @@ def compose(entries: list[Entry], out: Path, fmt: str, store: Store, *, mtime: i
                 for chunk in plan_chunks(entries, fmt, mtime):
                     nchunks += 1
                     raw_total += chunk.raw_size
-                    ahead.put(pool.submit(produce, chunk))
+                    ahead.put((pool.submit(produce, chunk), chunk.raw_size))
                     if failure:
                         break
             finally:

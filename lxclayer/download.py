@@ -171,10 +171,12 @@ def _get(url: str, headers: Mapping[str, str], timeout: float):
 
 
 def _once(url: str, part: Path, *, sha256: str | None, size: int | None, headers: Mapping[str, str],
-          until: float) -> None:
-    """One try: stream `url` into `part`, checking length, size and sha256."""
+          until: float, on_bytes: Callable[[int], None] | None = None) -> None:
+    """One try: stream `url` into `part`, checking length, size and sha256. `on_bytes` hears of
+    every block, and of the bytes of a failed try taken back (a negative count)."""
     h = hashlib.sha256()
     got = 0
+    counted = on_bytes or (lambda n: None)
     try:
         with _get(url, headers, min(TIMEOUT, max(1.0, until - time.monotonic()))) as r, open(part, "wb") as f:
             length = r.headers.get("Content-Length")
@@ -185,15 +187,20 @@ def _once(url: str, part: Path, *, sha256: str | None, size: int | None, headers
                 h.update(block)
                 f.write(block)
                 got += len(block)
+                counted(len(block))
                 if size and got > size:
                     raise _Fault(CORRUPT, f"more than the pinned {size} bytes")
                 if time.monotonic() > until:
                     raise _Fault(TRANSIENT, f"not done within {DEADLINE:.0f} s")
     except BaseException as e:
         part.unlink(missing_ok=True)
+        counted(-got)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         raise _classify(e) from None
+    if (want is not None and got != want) or (size and got != size) or (
+            sha256 is not None and h.hexdigest() != sha256):
+        counted(-got)
     if want is not None and got != want:
         part.unlink(missing_ok=True)
         raise _Fault(TRANSIENT, f"the body ended after {got} of {want} bytes")
@@ -230,9 +237,10 @@ def _tries(url: str, attempt: Callable[[], None], until: float, sleep: Callable[
 
 def fetch(urls: Sequence[str], dest: Path, *, sha256: str | None, size: int | None = None,
           headers: Mapping[str, str] | None = None, log: Callable[[str], None] = lambda m: None,
-          sleep: Callable[[float], None] = time.sleep) -> str:
+          sleep: Callable[[float], None] = time.sleep, on_bytes: Callable[[int], None] | None = None) -> str:
     """Download the first of `urls` that serves the right bytes into `dest` (replaced
-    atomically); returns the URL that served it. DownloadError names every place tried."""
+    atomically); returns the URL that served it. DownloadError names every place tried.
+    `on_bytes`: progress, as in :func:`_once`."""
     tried: list[tuple[str, str]] = []
     kinds: list[str] = []
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -240,7 +248,8 @@ def fetch(urls: Sequence[str], dest: Path, *, sha256: str | None, size: int | No
     for url in urls:
         until = time.monotonic() + DEADLINE
         try:
-            _tries(url, lambda u=url, t=until: _once(u, part, sha256=sha256, size=size, headers=headers or {}, until=t),
+            _tries(url, lambda u=url, t=until: _once(u, part, sha256=sha256, size=size, headers=headers or {}, until=t,
+                                                            on_bytes=on_bytes),
                    until, sleep)
         except _Fault as f:
             tried.append((redact(url), f.why))

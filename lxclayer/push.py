@@ -22,6 +22,8 @@ from .fsio import atomic_write
 from .lock import toml as locktoml
 from .outputs.oci import Layout, read_layout
 from .outputs.sbom import sbom_filename, spdx_document
+from .progress import events as progress_events
+from .progress import sink_of
 from .registry import client_for, oci, parse_reference
 from .store import Store
 
@@ -64,7 +66,8 @@ def push(project: Project, store: Store, ref_text: str, *, auth_file: str | None
     res = build(project, store, mode=Mode.LOCKED, formats=["oci"], write_lock=False, events=events)
     layout = read_layout(res.archives[0].path)
     sbom = spdx_document(lock)  # the lock alone: the same bytes as dist/'s SBOM
-    with client_for(ref, auth_file=auth_file, ca_file=ca_file, insecure=insecure) as client:
+    with progress_events.routed(sink_of(events or Events())), \
+            client_for(ref, auth_file=auth_file, ca_file=ca_file, insecure=insecure) as client:
         client.ping()
         # HEAD each blob once; only the missing layers are copied out of the layout and sent
         wanted = [layout.manifest.config.digest, *layout.blobs]

@@ -103,3 +103,22 @@ def test_push_without_a_lock_says_to_build_first(tmp_path, registry, auth):
     r = _push(proj, tmp_path / "s", f"{registry.address}/templates/test-tpl", auth)
     assert r.returncode == 2, r.stderr
     assert "run `lxclayer build` first" in r.stderr
+
+
+def test_push_reports_each_blob_sent_as_progress_events(tmp_path, registry, auth):
+    """`--progress json`: one finished transfer-progress event per blob the registry lacked
+    (docs/progress.md), and no credential in any of them."""
+    proj = write_project(tmp_path / "p")
+    store = tmp_path / "s"
+    assert run_cli("--project", str(proj), "--store", str(store), "build", "--format", "oci").returncode == 0
+    r = _push(proj, store, f"{registry.address}/templates/prog", auth, "--progress", "json")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(ln) for ln in r.stderr.splitlines() if ln.startswith("{")]
+    done = [e for e in events if e["event"] == "transfer-progress" and e["done"]]
+    lock = locktoml.read(proj / "locks" / "test-tpl.lock")
+    layers = {e["digest"] for e in done}
+    assert len(layers) == len(done) == 3  # the three layer blobs (the config and the SBOM are small, sent as bytes)
+    assert all(e["direction"] == "push" and e["registry"] == registry.address
+               and e["bytes_done"] == e["bytes_total"] > 0 for e in done)
+    assert lock.template.archives["oci"].image not in layers
+    assert PASSWORD not in r.stderr

@@ -19,7 +19,6 @@ not by mtime, so it is the same in every build and stays valid when the archive 
 """
 
 import re
-import shlex
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from ..errors import BuildError
 from ..kinds.uv import DEFAULT_INDEX, VENV_NAME_RE, VERSION_RE, Settings, Venv, validate  # noqa: F401 (what the engine asks a builder for)
 from ..lock.model import Artifact
 from ..manifest import Entry
+from ..progress.events import Program
 from .base import Artifacts, Context, Result
 
 KIND = "uv"
@@ -160,8 +160,10 @@ def resolve(ctx: Context) -> Artifacts:
         argv = [str(uv), "pip", "compile", str(ctx.layer.dir.resolve() / v.requirements), "--generate-hashes", "--only-binary", ":all:",
                 "--python-version", tgt.python_version, "--python-platform", tgt.uv_platform,
                 "--index-url", s.index_url, "--no-header", "--no-annotate", "--quiet"]
-        ctx.log("$ " + shlex.join(argv))
+        prog = Program(argv, ctx.log)
         p = hermetic.run(argv, env=_uv_env(ctx), proxies=True, capture_output=True, text=True)
+        prog.lines(p.stderr)
+        prog.finished(p.returncode)
         if p.returncode != 0:
             raise BuildError(f"cannot resolve {v.requirements}: {_uv_reason(p.stderr)}", file=shown(ctx),
                              key=f"venvs.{name}.requirements")

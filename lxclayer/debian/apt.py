@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from .. import hermetic
 from ..errors import BuildError
 from ..lock.model import Artifact
+from ..progress.events import Program
 
 PKG_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -278,11 +278,18 @@ Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled "false";
 
     def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         argv = ["apt-get", *args]
-        self.log("$ " + shlex.join(argv))
+        prog = Program(argv, self.log)
         try:
-            return hermetic.run(argv, env=self.env(), proxies=True, capture_output=True, text=True, check=check)
+            p = hermetic.run(argv, env=self.env(), proxies=True, capture_output=True, text=True, check=check)
+        except subprocess.CalledProcessError as e:
+            prog.lines((e.stdout or "") + (e.stderr or ""))
+            prog.finished(e.returncode)
+            raise
         except FileNotFoundError:
             raise BuildError("apt-get is not installed on this host (lxclayer runs on Debian)") from None
+        prog.lines(p.stdout + p.stderr)
+        prog.finished(p.returncode)
+        return p
 
     def update(self) -> None:
         p = self.run("--error-on=any", "update")

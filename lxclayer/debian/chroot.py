@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .. import hermetic
 from ..errors import BuildError
+from ..progress.events import Program
 
 POLICY_RC_D = b"#!/bin/sh\n# lxclayer: no service is started while a layer is built\nexit 101\n"
 OVERLAY_UNAVAILABLE = "lxclayer: overlayfs is not available here"
@@ -125,7 +126,7 @@ def run_isolated(
     if not network:
         cmd.append("--net")
     cmd += ["--", "/bin/sh", "-c", script]
-    log("$ " + shlex.join(argv))
+    prog = Program(argv, log)  # its command line, output lines and end: to the build's log (docs/progress.md)
     tail: deque[str] = deque(maxlen=keep)
     logf = open(log_file, "ab") if log_file else None  # noqa: SIM115
     try:
@@ -146,8 +147,11 @@ def run_isolated(
         for raw in proc.stdout:
             if logf:
                 logf.write(raw)
-            tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            tail.append(line)
+            prog.line(line)
         rc = proc.wait()
+        prog.finished(rc)
     finally:
         if proc.poll() is None:
             proc.kill()  # unshare dies; --kill-child and PDEATHSIG take the namespace with it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from .. import download
 from ..artifacts import OCI, Gone, fetch_oci
 from ..errors import BuildError, UserError
 from ..lock.model import Artifact
+from ..progress import events
 from ..store import Store
 
 SNAPSHOT_HINT = ("list where else it may be in [artifacts] fallbacks of lxclayer.toml, e.g. "
@@ -67,24 +69,27 @@ def fetch_all(
     total = sum(a.size for a, _, _ in missing)
     log(f"downloading {len(missing)} {kind}s ({total / 1e6:.1f} MB)")
     tmp.mkdir(parents=True, exist_ok=True)
+    meter = _Meter(f"{kind}s", len(missing), total)
 
     def one(item: tuple[Artifact, str, list[str]]) -> tuple[str, Path]:
         a, shown, urls = item
         dest = tmp / f"{a.sha256}.download"
         try:
-            url = fetch_places(urls, dest, a, log)
+            url = fetch_places(urls, dest, a, log, meter.add)
         except download.DownloadError as e:
             # One line: the package, its version and every place tried, each with its answer.
             hint = f"; {SNAPSHOT_HINT}" if e.kind == download.GONE else ""
             raise BuildError(f"no place has {kind} {shown} (sha256 {a.sha256[:12]}…); tried {e.reason}{hint}",
                              file=file, key=key) from None
         try:
-            return a.sha256, store.put_artifact_file(dest, a.sha256, name=shown)
+            stored = store.put_artifact_file(dest, a.sha256, name=shown)
+            meter.file_done()
+            return a.sha256, stored
         except UserError as e:
             raise BuildError(f"{e.reason} (downloaded from {download.redact(url)})", file=file, key=key) from None
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        futures = [pool.submit(one, m) for m in missing]
+        futures = [pool.submit(events.bound(one), m) for m in missing]
         first_error: BaseException | None = None
         for f in futures:
             if f.cancelled():
@@ -98,10 +103,12 @@ def fetch_all(
                     other.cancel()
         if first_error is not None:
             raise first_error
+    meter.finish()
     return have
 
 
-def fetch_places(places: list[str], dest: Path, a: Artifact, log: Callable[[str], None]) -> str:
+def fetch_places(places: list[str], dest: Path, a: Artifact, log: Callable[[str], None],
+                 on_bytes: Callable[[int], None] | None = None) -> str:
     """Download `a` from the first of `places` that has it: URLs through lxclayer.download,
     `oci://HOST/REPO@sha256:…` (an [artifacts] fallback) from that registry. Returns the place;
     DownloadError naming every place tried."""
@@ -125,12 +132,44 @@ def fetch_places(places: list[str], dest: Path, a: Artifact, log: Callable[[str]
         while j < len(places) and not places[j].startswith(OCI):
             j += 1
         try:
-            return download.fetch(places[i:j], dest, sha256=a.sha256, size=a.size or None, log=log)
+            return download.fetch(places[i:j], dest, sha256=a.sha256, size=a.size or None, log=log,
+                                  on_bytes=on_bytes)
         except download.DownloadError as e:
             tried += e.tried
             kinds += e.kinds
         i = j
     raise download.DownloadError(tried, kinds)
+
+
+class _Meter:
+    """Bytes and files of a download, as progress events (docs/progress.md), now and then."""
+
+    def __init__(self, what: str, files: int, total: int):
+        self.what, self.files, self.total = what, files, total
+        self.files_done = 0
+        self.rate = events.Rate(total)
+        self._lock = threading.Lock()
+
+    def _event(self, done: bool = False) -> events.DownloadProgress:
+        return events.DownloadProgress(layer=events.layer(), what=self.what, files_done=self.files_done,
+                                       files_total=self.files, bytes_done=max(self.rate.done, 0),
+                                       bytes_total=self.total, rate=round(self.rate.rate), done=done)
+
+    def add(self, n: int) -> None:
+        if not events.active():
+            return
+        with self._lock:
+            say = self.rate.add(n)
+        if say:
+            events.emit(self._event())
+
+    def file_done(self) -> None:
+        with self._lock:
+            self.files_done += 1
+
+    def finish(self) -> None:
+        if events.active():
+            events.emit(self._event(done=True))
 
 
 def _hosts(urls: list[str]) -> list[str]:

@@ -52,6 +52,8 @@ class ExportJob:
     jobs: int | None = None
     progress: Callable[[int, int], None] | None = None  # (chunks done, of which reused)
     started: Callable[[Path], None] | None = None  # called when real work (not a no-op) begins
+    # (bytes of the uncompressed stream done, of about how many, bytes per second), now and then
+    advance: Callable[[int, int, float], None] | None = None
     # The stack's lock without archives (made before any output): an image labels itself with
     # its digest, an SBOM is made from it alone.
     lock: Lockfile | None = None

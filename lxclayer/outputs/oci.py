@@ -31,6 +31,7 @@ import hashlib
 import os
 import tarfile
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -166,20 +167,65 @@ def tar_stream(members: list[Entry], store: Store) -> Iterator[bytes]:
     yield tarformat.trailer(length)
 
 
-def write_layer(members: list[Entry], store: Store, out: Path) -> LayerBlob:
+class _Advance:
+    """Bytes of layer tars done, of about how many, said to `advance` now and then (the layers
+    are compressed in several threads)."""
+
+    def __init__(self, advance, total: int):
+        self.advance, self.total = advance, total
+        self.done = 0
+        self.t0 = self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, n: int, *, final: bool = False) -> None:
+        with self._lock:
+            self.done = min(self.done + n, self.total)
+            now = time.monotonic()
+            if final or now - self._last >= 0.1:
+                self._last = now
+                self.advance(self.done, self.total, self.done / max(now - self.t0, 1e-6))
+
+
+def _raw_size(members: list[Entry]) -> int:
+    return sum(e.size for e in members if e.type == "file") + tarformat.BLOCK * (len(members) + 2)
+
+
+BATCH = 1 << 20
+
+
+def _batched(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The same bytes in pieces of about BATCH: zlib's output does not depend on how its input
+    is cut, and one call per MiB, not per header or small file, hands the GIL back and forth
+    rarely (the other exporter's threads wait for it less)."""
+    buf = bytearray()
+    for data in pieces:
+        if not buf and len(data) >= BATCH:
+            yield data
+            continue
+        buf += data
+        if len(buf) >= BATCH:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+def write_layer(members: list[Entry], store: Store, out: Path, advance: _Advance | None = None) -> LayerBlob:
     """Write the gzip-compressed layer tar to `out`; one gzip member, deterministic."""
     gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     raw = hashlib.sha256()
     packed = hashlib.sha256()
     size = 0
     with open(out, "wb") as f:
-        for data in tar_stream(members, store):
+        for data in _batched(tar_stream(members, store)):
+            if advance is not None:
+                advance.add(len(data))
             raw.update(data)
-            for c in (gz.compress(data),):
-                if c:
-                    f.write(c)
-                    packed.update(c)
-                    size += len(c)
+            c = gz.compress(data)
+            if c:
+                f.write(c)
+                packed.update(c)
+                size += len(c)
         c = gz.flush()
         f.write(c)
         packed.update(c)
@@ -198,7 +244,8 @@ def _layer_record(layer: LayerEntry, below: dict[str, Entry], mtime: int) -> tup
     return members, record_name(key)
 
 
-def _layer_blob(layer: LayerEntry, below: dict[str, Entry], store: Store, mtime: int) -> tuple[LayerBlob, Path, bool]:
+def _layer_blob(layer: LayerEntry, below: dict[str, Entry], store: Store, mtime: int,
+                advance: _Advance | None = None) -> tuple[LayerBlob, Path, bool]:
     """The layer's blob from the store, or made now and stored; (blob, its path, reused)."""
     members, name = _layer_record(layer, below, mtime)
     key = name.removeprefix("ocilayer-")
@@ -207,10 +254,12 @@ def _layer_blob(layer: LayerEntry, below: dict[str, Entry], store: Store, mtime:
         blob = _blob_dec.decode(rec)
         path = store.artifact(blob.digest.removeprefix("sha256:"), name=f"OCI layer {layer.layer or key}")
         if path is not None:
+            if advance is not None:
+                advance.add(_raw_size(layer.entries))
             return blob, path, True
     with store.staging("oci") as tmp:
         part = tmp / "layer.tar.gz"
-        blob = write_layer(members, store, part)
+        blob = write_layer(members, store, part, advance)
         path = store.put_artifact_file(part, blob.digest.removeprefix("sha256:"),
                                        name=f"OCI layer {layer.layer or key}")
     store.put_chunk(name, msgspec.msgpack.encode(blob))
@@ -267,12 +316,17 @@ def _copy(src: Path) -> Iterable[bytes]:
 
 def write_image(layers: list[LayerEntry], store: Store, out: Path, *, name: str, version: str,
                 release: int, arch: str, mtime: int, lock_digest: str, jobs: int | None = None,
-                layer_names: list[str] | None = None) -> Image:
-    """Write the OCI image layout tar `out` atomically, from the stack's store entries."""
+                layer_names: list[str] | None = None, advance=None) -> Image:
+    """Write the OCI image layout tar `out` atomically, from the stack's store entries.
+    `advance(bytes done, of about, bytes per second)` counts the layer tars made or reused."""
     jobs = jobs or os.cpu_count() or 1
+    counter = _Advance(advance, sum(_raw_size(la.entries) for la in layers)) if advance else None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_layer_blob, layer, below, store, mtime) for layer, below in layer_keys(layers, mtime)]
+        futures = [pool.submit(_layer_blob, layer, below, store, mtime, counter)
+                   for layer, below in layer_keys(layers, mtime)]
         made = [f.result() for f in futures]
+    if counter is not None:
+        counter.add(counter.total, final=True)
     blobs = [b for b, _, _ in made]
     config, manifest, index = image_documents(
         name=name, version=version, release=release, arch=arch, mtime=mtime, lock_digest=lock_digest,
@@ -455,7 +509,7 @@ class OciImage(Exporter):
             job.started(path)
         image = write_image(job.layers, job.store, path, name=t.name, version=t.version, release=t.release,
                             arch=t.arch, mtime=t.source_date_epoch, lock_digest=lock_digest, jobs=job.jobs,
-                            layer_names=list(job.lock.layers))
+                            layer_names=list(job.lock.layers), advance=job.advance)
         job.store.record_composed(key, path, image.sha256, image.size)
         job.store.put_chunk(f"ociimage-{key}", image.digest.encode())
         return ArchiveInfo(format=FORMAT, path=path, sha256=image.sha256, size=image.size, image=image.digest,

@@ -40,7 +40,7 @@ class Tarball(Exporter):
         if job.started:
             job.started(path)
         res = composer.compose(job.tree(), path, self.format, job.store, mtime=sde, jobs=job.jobs,
-                               progress=job.progress)
+                               progress=job.progress, advance=job.advance)
         _write_sha256(path, res.sha256)
         job.store.record_composed(key, path, res.sha256, res.size)
         return ArchiveInfo(format=self.format, path=path, sha256=res.sha256, size=res.size, chunks=res.chunks,

@@ -32,6 +32,7 @@ from pathlib import Path
 import msgspec
 
 from ..errors import UserError
+from ..progress import events
 from . import oci
 from .auth import Credentials, check_realm, load_credentials, may_send_credentials, parse_challenge
 from .errors import (
@@ -418,6 +419,7 @@ class RegistryClient:
                                      f"{length} bytes, its descriptor says {size}; refused")
             h = hashlib.sha256()
             n = 0
+            meter = _Transfer("pull", self.ref.registry, digest, size or _int(r.headers.get("content-length")) or 0)
             try:
                 with open(tmp, "wb") as f:
                     # read1: one socket read at a time (a trickle cannot keep one call busy), and
@@ -426,6 +428,7 @@ class RegistryClient:
                         h.update(chunk)
                         f.write(chunk)
                         n += len(chunk)
+                        meter.add(len(chunk))
                         if size is not None and n > size:
                             break
             except (OSError, http.client.HTTPException) as e:
@@ -445,6 +448,7 @@ class RegistryClient:
             if got != digest or (size is not None and n != size):
                 raise DigestMismatch(f"registry {self.ref.registry}: blob {digest} has digest {got} "
                                      f"({n} bytes); refused")
+            meter.finish()
             return None
 
         try:
@@ -475,7 +479,7 @@ class RegistryClient:
             path = Path(source)
             digest = digest or _file_digest(path)
             size = path.stat().st_size
-            body = lambda: open(path, "rb")  # noqa: E731
+            body = lambda: _Counted(open(path, "rb"), _Transfer("push", self.ref.registry, digest, size))  # noqa: E731, SIM115
         _check_digest(digest)
         if self.blob_exists(digest):
             return digest
@@ -604,12 +608,58 @@ class RegistryClient:
     def push_blobs(self, sources: Iterable[str | os.PathLike | bytes]) -> list[str]:
         """Upload several blobs at once (HEAD first, only missing ones are sent)."""
         with ThreadPoolExecutor(self.workers) as ex:
-            return list(ex.map(self.put_blob, sources))
+            return list(ex.map(events.bound(self.put_blob), sources))
 
     def pull_blobs(self, wanted: Iterable[tuple[str, str | os.PathLike, int | None]]) -> list[Path]:
         """Download several (digest, dest, size) at once, each verified before it is in place."""
         with ThreadPoolExecutor(self.workers) as ex:
-            return list(ex.map(lambda w: self.get_blob(w[0], w[1], size=w[2]), wanted))
+            return list(ex.map(events.bound(lambda w: self.get_blob(w[0], w[1], size=w[2])), wanted))
+
+
+class _Transfer:
+    """A blob's bytes on the way, as progress events (docs/progress.md), now and then."""
+
+    def __init__(self, direction: str, registry: str, digest: str, total: int):
+        self.on = events.active()
+        self.direction, self.registry, self.digest = direction, registry, digest
+        self.rate = events.Rate(total)
+
+    def _emit(self, done: bool) -> None:
+        events.emit(events.TransferProgress(direction=self.direction, registry=self.registry, digest=self.digest,
+                                            bytes_done=self.rate.done, bytes_total=self.rate.total,
+                                            rate=round(self.rate.rate), done=done))
+
+    def add(self, n: int) -> None:
+        if self.on and self.rate.add(n):
+            self._emit(False)
+
+    def finish(self) -> None:
+        if self.on:
+            self._emit(True)
+
+
+class _Counted:
+    """A file whose reads are counted as a transfer (an upload's body); http.client reads it."""
+
+    def __init__(self, f, meter: _Transfer):
+        self.f, self.meter = f, meter
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        if data:
+            self.meter.add(len(data))
+        else:
+            self.meter.finish()
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
 
 
 def _fallback_tag(digest: str) -> str:
