@@ -208,16 +208,17 @@ class Console:
             self.renderer.message(text)
 
     def notes(self) -> list[str]:
-        """What to print under a failure's one-line error: the last lines of the program that
-        failed (if one did) and where the whole log is."""
+        """What to print under a failure's one-line error when a program failed: its last lines
+        and where the whole log is. Any other error stays one line."""
         out: list[str] = []
-        if self.failed_program is not None:
-            argv, rc, tail = self.failed_program
-            if tail:
-                from .render import short_command
+        if self.failed_program is None:
+            return out
+        argv, rc, tail = self.failed_program
+        if tail:
+            from .render import short_command
 
-                out.append(f"last {len(tail)} lines of `{short_command(argv)}` (exit code {rc}):")
-                out.extend(f"  | {ln}" for ln in tail)
+            out.append(f"last {len(tail)} lines of `{short_command(argv)}` (exit code {rc}):")
+            out.extend(f"  | {ln}" for ln in tail)
         if self.log is not None and self.log.path is not None:
             out.append(f"full log: {self.log.path}")
         return out
