@@ -40,7 +40,7 @@ def _build(tmp_path: Path, url: str, *extra: str, env: dict | None = None, timeo
         write_project(proj)
     t0 = time.monotonic()
     r = run_cli("--project", str(proj), "--store", str(tmp_path / "store"), "build", "--format", "tar.gz",
-                "--cache", url, *extra, env={"LXCLAYER_CACHE_DEADLINE": "3", **(env or {})}, timeout=timeout)
+                "--cache", url, *extra, env={"LXCLAYER_CACHE_DEADLINE": "3", "LXCLAYER_CACHE_MODE": "pull", **(env or {})}, timeout=timeout)
     return r, time.monotonic() - t0
 
 
