@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from . import hermetic, outputs, roots, snapshots
 from .builders import builder
 from .builders.base import Context
@@ -29,7 +31,7 @@ from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
 from .fsio import remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import toml as locktoml
-from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
+from .lock.model import LOCK_VERSION, Artifact, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
 from .outputs import ArchiveInfo, ExportJob
 from .outputs.provenance import git_source, write_provenance
@@ -307,7 +309,9 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
             output=entry.output, parents=rec.get("parents") is not None,
             sources=dict(sorted(rec.get("sources", {}).items())),
             resolved=dict(sorted(rec.get("resolved", {}).items())),
-            artifacts={g: dict(sorted(a.items())) for g, a in sorted(entry.meta.artifacts.items())},
+            # the store records artifacts in its own type: the lock's have the same fields
+            artifacts={g: {n: msgspec.convert(x, Artifact, from_attributes=True) for n, x in sorted(a.items())}
+                       for g, a in sorted(entry.meta.artifacts.items())},
         )
     t = project.template
     # Formats built now, plus those of the old lock that were not built this time, as long as

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..errors import StoreCorruption
     from ..manifest import Entry
-    from .local import LayerEntry, LayerMeta
+    from .model import LayerEntry, LayerMeta
 
 
 @dataclass

@@ -33,25 +33,11 @@ from .. import prealloc
 from ..digest import CHUNK, canonical, digest, seal, seal_tag, unseal
 from ..errors import StoreCorruption, UserError
 from ..fsio import atomic_write, fsync_dir, pid_alive, rmtree, sha256_file
-from ..lock.model import Artifact
 from ..manifest import Entry
 from .base import Keep, Store, Swept
+from .model import LayerEntry, LayerMeta
 
 STORE_FORMAT = "1"
-
-
-class LayerMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
-    input: str
-    output: str
-    kind: str
-    builder: str
-    layer: str = ""  # the name of the layer it was first built for (informational)
-    artifacts: dict[str, dict[str, Artifact]] = {}
-    record: dict[str, Any] = {}  # the input record that hashes to `input`
-    # A cheap check, on every read, that neither the manifest nor any field of this record was
-    # altered: "v2:" + xxh3-128 of the manifest file's bytes and the canonical encoding of every
-    # other field. (Entries made before v2 carry the xxh3-128 of the manifest and `output` only.)
-    seal: str = ""
 
 
 def _seal_of(meta: LayerMeta, raw: bytes) -> str:
@@ -65,46 +51,7 @@ def _seal_ok(meta: LayerMeta, raw: bytes) -> bool:
     return xxhash.xxh3_128_hexdigest(raw + meta.output.encode()) == meta.seal
 
 
-class LayerEntry:
-    """A stored layer: its metadata, and its manifest decoded (and checked against the output
-    digest) when first asked for, since a no-op build needs only the digests."""
-
-    __slots__ = ("_entries", "_raw", "_where", "layer", "meta")
-
-    def __init__(self, meta: LayerMeta, entries: list[Entry] | None = None, *, raw: bytes = b"",
-                 where: str = "", layer: str | None = None):
-        self.meta = meta
-        self._entries = entries
-        self._raw = raw
-        self._where = where
-        self.layer = layer
-
-    @property
-    def input(self) -> str:
-        return self.meta.input
-
-    @property
-    def output(self) -> str:
-        return self.meta.output
-
-    @property
-    def entries(self) -> list[Entry]:
-        if self._entries is None:
-            try:
-                entries = _manifest_dec.decode(self._raw)
-            except msgspec.DecodeError as e:
-                raise StoreCorruption(f"store entry is unreadable ({e})", entry=self._where,
-                                      layer=self.layer) from None
-            if digest(entries) != self.meta.output:
-                raise StoreCorruption("manifest does not match the recorded output digest",
-                                      entry=self._where, layer=self.layer)
-            self._entries = entries
-            self._raw = b""
-        return self._entries
-
-
 _manifest_enc = msgspec.msgpack.Encoder()
-_manifest_dec = msgspec.msgpack.Decoder(list[Entry])
 _meta_dec = msgspec.json.Decoder(LayerMeta)
 
 
