@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from . import hermetic, outputs, roots, snapshots
+from . import hermetic, outputs, snapshots
 from .builders import builder
 from .builders.base import Context
 from .definitions import Layer, Project, rel
@@ -86,7 +86,7 @@ class Events:
 
 def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mode.NORMAL) -> list[LayerPlan]:
     """Per layer: `cached` or `build`, and why. Builds nothing and resolves nothing."""
-    cache = cache_for(store.root, project.root) if store.root.is_dir() else None
+    cache = cache_for(store, project.root) if store.exists() else None
     ev = Evaluator(project, store, lock, mode, cache)
     out: list[LayerPlan] = []
     outputs: list[str | None] = []
@@ -189,7 +189,7 @@ def _context(layer: Layer, project: Project, store: Store, below: list[LayerEntr
              workdir: Path | None, mode: Mode, offline: bool,
              log: Callable[[str], None] | None = None, snaps: snapshots.Policy | None = None) -> Context:
     return Context(layer=layer, project=project, store=store, below=below, artifacts=artifacts,
-                   workdir=workdir or store.root / "tmp", offline=offline, locked=mode is Mode.LOCKED,
+                   workdir=workdir or store.tmp_dir(), offline=offline, locked=mode is Mode.LOCKED,
                    log=log or (lambda m: None), snapshots=snaps or snapshots.Policy())
 
 
@@ -380,8 +380,8 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
             remove_stale_temporaries(folder)
         # This project's lock is a GC root of the store from now on: `gc`, run from any project
         # sharing the store, keeps what it names (a root whose lockfile never appears is dead).
-        roots.register(store.root, lock_path)
-        cache_ = cache_for(store.root, project.root)
+        store.register_root(lock_path)
+        cache_ = cache_for(store, project.root)
         shared = None if offline else cache
         ev = Evaluator(project, store, lock, mode, cache_)
         if mode is Mode.LOCKED:

@@ -7,8 +7,13 @@ Layout under the store root:
     blobs/<hh>/<xxh3-128>             file contents, named by their hash
     artifacts/<hh>/<sha256>           downloaded .deb, wheels, tarballs, named by their sha256
     chunks/<hh>/<key>                 compressed archive chunks (see compose)
+    composed/<key>.json               records of composed archives (sha256, size, stat)
     tmp/                              staging; everything appears elsewhere by rename
     locks/                            lock files
+    roots/<xxh3-128>                  GC roots: links to lockfiles (see .roots)
+    snapshots/<input digest>/         entries unpacked for overlay mounts (lxclayer.snapshots)
+    statcache/<key>.msgpack           per project, the sources' stat cache (lxclayer.sources)
+    logs/                             build logs (lxclayer.progress)
 
 Entries appear atomically (staged in tmp/, then renamed), so a killed build never leaves half an
 entry. Reading an entry checks the manifest against the recorded output digest; reading a blob
@@ -34,8 +39,9 @@ from ..digest import CHUNK, canonical, digest, seal, seal_tag, unseal
 from ..errors import StoreCorruption, UserError
 from ..fsio import atomic_write, fsync_dir, pid_alive, rmtree, sha256_file
 from ..manifest import Entry
+from . import roots as gcroots
 from .base import Keep, Store, Swept
-from .model import LayerEntry, LayerMeta
+from .model import LayerEntry, LayerMeta, Root
 
 STORE_FORMAT = "1"
 
@@ -90,8 +96,23 @@ class LocalStore(Store):
                 " version of lxclayer); use another --store", file=str(self.root),
             )
 
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
     def layer_dir(self, input_digest: str) -> Path:
         return self.root / "layers" / input_digest
+
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    def snapshots_dir(self) -> Path:
+        return self.root / "snapshots"
+
+    def statcache_path(self, key: str) -> Path:
+        return self.root / "statcache" / f"{key}.msgpack"
+
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
 
     def blob_path(self, h: str) -> Path:
         return self.root / "blobs" / h[:2] / h
@@ -104,6 +125,17 @@ class LocalStore(Store):
         which would put every chunk of a format in one folder)."""
         key = name.rpartition("-")[2]
         return self.root / "chunks" / key[:2] / name
+
+    # --- GC roots -----------------------------------------------------------------------------
+
+    def register_root(self, lock_file: Path) -> Path:
+        return gcroots.register(self.root / gcroots.ROOTS, lock_file)
+
+    def roots(self) -> list[Root]:
+        return gcroots.roots(self.root / gcroots.ROOTS)
+
+    def remove_root(self, root: Root) -> None:
+        gcroots.remove(root)
 
     # --- locking ------------------------------------------------------------------------------
 
@@ -549,6 +581,7 @@ class LocalStore(Store):
                     lockf.unlink(missing_ok=True)
             for d in (self.root / "tmp").glob("dead-*"):
                 rmtree(d)
+            gcroots.clean_temporaries(self.root / gcroots.ROOTS)
         return out
 
     def _describe(self, input_digest: str) -> tuple[str, str]:

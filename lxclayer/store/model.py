@@ -1,4 +1,4 @@
-"""The store interface's own types: what a store holds for a layer.
+"""The store interface's own types: what a store holds for a layer, and its GC roots.
 
 They belong to the interface (:mod:`.base`), not to one store: the local store writes them to
 disk, the registry cache to a registry. The store knows nothing of the lockfile; an artifact
@@ -8,6 +8,8 @@ JSON), and the lock is made from it by whoever assembles the lock.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -83,3 +85,15 @@ class LayerEntry:
 
 _manifest_dec = msgspec.msgpack.Decoder(list[Entry])
 
+
+
+@dataclass(frozen=True)
+class Root:
+    """A GC root: a lockfile the store keeps everything for (see :mod:`.roots`)."""
+
+    link: Path  # the link in the store
+    lock_file: Path  # the lockfile it names
+
+    @property
+    def live(self) -> bool:
+        return self.lock_file.is_file()
