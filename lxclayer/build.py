@@ -101,7 +101,7 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
         resolved: dict[str, str] | None = {}
         if hasattr(mod, "resolved_inputs"):
             if all(e is not None for e in entries):
-                ctx = _context(layer, project, store, [e for e in entries if e], {}, None, mode, False)
+                ctx = layer_context(layer, project, store, [e for e in entries if e], {}, None, mode, False)
                 resolved = mod.resolved_inputs(ctx)
             else:
                 resolved = locked.resolved if locked else None
@@ -185,7 +185,7 @@ def check_locked(ev: Evaluator) -> None:
 # --- realisation -----------------------------------------------------------------------------
 
 
-def _context(layer: Layer, project: Project, store: Store, below: list[LayerEntry], artifacts: Artifacts,
+def layer_context(layer: Layer, project: Project, store: Store, below: list[LayerEntry], artifacts: Artifacts,
              workdir: Path | None, mode: Mode, offline: bool,
              log: Callable[[str], None] | None = None, snaps: snapshots.Policy | None = None) -> Context:
     return Context(layer=layer, project=project, store=store, below=below, artifacts=artifacts,
@@ -234,7 +234,7 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
 
     # What the builder's programs, downloads and transfers emit goes to the build's sink, for this layer.
     with progress_events.routed(sink_of(events), layer.name), store.staging(f"build-{layer.name}") as work:
-        ctx = _context(layer, project, store, below, {}, work, mode, offline, log, snaps)
+        ctx = layer_context(layer, project, store, below, {}, work, mode, offline, log, snaps)
         artifacts = ev.locked_pins(layer)
         if artifacts is None:
             if mode is Mode.LOCKED:
