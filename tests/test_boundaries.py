@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "lxclayer"
-STORE_ROOT = re.compile(r"\bstore\.root\b|\bstore_root\s*/")
+STORE_ROOT = re.compile(r"\bstore\.root\b|\bstore_root\)?\s*/")
 
 
 def modules() -> dict[str, Path]:
@@ -96,4 +96,5 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
         "lxclayer.m:3: lxclayer.outputs.oci._MediaTypeOnly",
     ]
     assert STORE_ROOT.search('d = store.root / "tmp"') and STORE_ROOT.search("p = store_root / 'x'")
+    assert STORE_ROOT.search('return Path(store_root) / "logs"')
     assert not STORE_ROOT.search("for root in store.roots():")
