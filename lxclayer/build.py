@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import hermetic, outputs, roots, snapshots
+import msgspec
+
+from . import hermetic, outputs, snapshots
 from .builders import builder
 from .builders.base import Context
 from .definitions import Layer, Project, rel
@@ -29,7 +31,7 @@ from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
 from .fsio import remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import toml as locktoml
-from .lock.model import LOCK_VERSION, LockedArchive, LockedLayer, LockedTemplate, Lockfile
+from .lock.model import LOCK_VERSION, Artifact, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 from .manifest import merge
 from .outputs import ArchiveInfo, ExportJob
 from .outputs.provenance import git_source, write_provenance
@@ -84,7 +86,7 @@ class Events:
 
 def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mode.NORMAL) -> list[LayerPlan]:
     """Per layer: `cached` or `build`, and why. Builds nothing and resolves nothing."""
-    cache = cache_for(store.root, project.root) if store.root.is_dir() else None
+    cache = cache_for(store, project.root) if store.exists() else None
     ev = Evaluator(project, store, lock, mode, cache)
     out: list[LayerPlan] = []
     outputs: list[str | None] = []
@@ -99,7 +101,7 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
         resolved: dict[str, str] | None = {}
         if hasattr(mod, "resolved_inputs"):
             if all(e is not None for e in entries):
-                ctx = _context(layer, project, store, [e for e in entries if e], {}, None, mode, False)
+                ctx = layer_context(layer, project, store, [e for e in entries if e], {}, None, mode, False)
                 resolved = mod.resolved_inputs(ctx)
             else:
                 resolved = locked.resolved if locked else None
@@ -183,11 +185,11 @@ def check_locked(ev: Evaluator) -> None:
 # --- realisation -----------------------------------------------------------------------------
 
 
-def _context(layer: Layer, project: Project, store: Store, below: list[LayerEntry], artifacts: Artifacts,
+def layer_context(layer: Layer, project: Project, store: Store, below: list[LayerEntry], artifacts: Artifacts,
              workdir: Path | None, mode: Mode, offline: bool,
              log: Callable[[str], None] | None = None, snaps: snapshots.Policy | None = None) -> Context:
     return Context(layer=layer, project=project, store=store, below=below, artifacts=artifacts,
-                   workdir=workdir or store.root / "tmp", offline=offline, locked=mode is Mode.LOCKED,
+                   workdir=workdir or store.tmp_dir(), offline=offline, locked=mode is Mode.LOCKED,
                    log=log or (lambda m: None), snapshots=snaps or snapshots.Policy())
 
 
@@ -232,7 +234,7 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
 
     # What the builder's programs, downloads and transfers emit goes to the build's sink, for this layer.
     with progress_events.routed(sink_of(events), layer.name), store.staging(f"build-{layer.name}") as work:
-        ctx = _context(layer, project, store, below, {}, work, mode, offline, log, snaps)
+        ctx = layer_context(layer, project, store, below, {}, work, mode, offline, log, snaps)
         artifacts = ev.locked_pins(layer)
         if artifacts is None:
             if mode is Mode.LOCKED:
@@ -307,7 +309,9 @@ def _lock_from(project: Project, entries: list[LayerEntry], archives: list[Archi
             output=entry.output, parents=rec.get("parents") is not None,
             sources=dict(sorted(rec.get("sources", {}).items())),
             resolved=dict(sorted(rec.get("resolved", {}).items())),
-            artifacts={g: dict(sorted(a.items())) for g, a in sorted(entry.meta.artifacts.items())},
+            # the store records artifacts in its own type: the lock's have the same fields
+            artifacts={g: {n: msgspec.convert(x, Artifact, from_attributes=True) for n, x in sorted(a.items())}
+                       for g, a in sorted(entry.meta.artifacts.items())},
         )
     t = project.template
     # Formats built now, plus those of the old lock that were not built this time, as long as
@@ -376,8 +380,8 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
             remove_stale_temporaries(folder)
         # This project's lock is a GC root of the store from now on: `gc`, run from any project
         # sharing the store, keeps what it names (a root whose lockfile never appears is dead).
-        roots.register(store.root, lock_path)
-        cache_ = cache_for(store.root, project.root)
+        store.register_root(lock_path)
+        cache_ = cache_for(store, project.root)
         shared = None if offline else cache
         ev = Evaluator(project, store, lock, mode, cache_)
         if mode is Mode.LOCKED:

@@ -317,7 +317,7 @@ _XATTR = "SCHILY.xattr."
 _CHUNK = 1 << 16
 
 
-class _ZstdReader:
+class ZstdReader:
     """A read-only stream over one or more zstd frames that notices a truncated last frame."""
 
     def __init__(self, raw: BinaryIO):
@@ -359,7 +359,7 @@ class _ZstdReader:
 class _Tail:
     """Counts the bytes tarfile reads and where the last non-zero byte was."""
 
-    def __init__(self, inner: BinaryIO | _ZstdReader):
+    def __init__(self, inner: BinaryIO | ZstdReader):
         self._inner = inner
         self.total = 0
         self.last_nonzero_end = 0
@@ -393,7 +393,7 @@ def _suffix_of(path: Path) -> str | None:
     return None
 
 
-def _open_stream(raw: BinaryIO, comp: str) -> BinaryIO | _ZstdReader:
+def _open_stream(raw: BinaryIO, comp: str) -> BinaryIO | ZstdReader:
     if comp == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if comp == "xz":
@@ -401,7 +401,7 @@ def _open_stream(raw: BinaryIO, comp: str) -> BinaryIO | _ZstdReader:
     if comp == "bzip2":
         return bz2.BZ2File(raw)  # type: ignore[return-value]
     if comp == "zstd":
-        return _ZstdReader(raw)
+        return ZstdReader(raw)
     return raw
 
 

@@ -172,9 +172,9 @@ def _printer(ctx: click.Context, project, *, quiet: bool = False) -> Printer:
     mode, verbose, log_file = ctx.obj.get("progress", ("auto", False, None))
     if quiet and mode == "auto":
         mode = "quiet"  # --json: the report on stdout, only warnings on stderr
-    store_root = _store(ctx).root
+    logs = _store(ctx).logs_dir()
     console = Console("plain" if mode == "quiet" else mode, verbose=verbose, quiet=mode == "quiet",
-                      log=log_file or (lambda: log_path(store_root, project.template.name)))
+                      log=log_file or (lambda: log_path(logs, project.template.name)))
     ctx.obj["console"] = console
     return Reporter(console)  # type: ignore[return-value]
 
@@ -802,9 +802,7 @@ def _cache_locks(ctx, all_roots: bool):
         if not found:
             raise UserError(f"{folder}: no lock; run `lxclayer build` first")
         return project, found
-    from . import roots
-
-    for root in roots.roots(_store(ctx).root):
+    for root in _store(ctx).roots():
         if root.live:
             lock = locktoml.read(root.lock_file)
             if lock is not None:

@@ -1,7 +1,7 @@
 """Garbage collection: remove what no live GC root needs.
 
 The roots are the lockfiles registered in the store by the builds that used it (see
-:mod:`lxclayer.roots`), from every project that shares the store, not only this checkout's.
+:mod:`lxclayer.store.roots`), from every project that shares the store, not only this checkout's.
 Kept: the layer entries every live root's lockfile names, the blobs and artifacts those
 entries refer to, and the archive chunks and compose records of each locked stack. A root whose
 lockfile is gone is dead and removed. gc refuses to run when the current project has no lockfile
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import outputs, snapshots
-from . import roots as gcroots
 from .errors import StoreCorruption, UserError
 from .lock import toml as locktoml
 from .store import Keep, Store, Swept
@@ -40,13 +39,13 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
                         file=project or None)
     with store.session(exclusive=True):
         for lock_file in project_locks:
-            gcroots.register(store.root, lock_file)
+            store.register_root(lock_file)
         keep = Keep()
-        for root in gcroots.roots(store.root):
+        for root in store.roots():
             if not root.live:
                 res.dead_roots.append(root.lock_file)
                 if not dry_run:
-                    gcroots.remove(root)
+                    store.remove_root(root)
                 continue
             res.live_roots.append(root.lock_file)
             lock = locktoml.read(root.lock_file)  # unreadable: LockError, and nothing is freed
@@ -79,7 +78,5 @@ def collect(store: Store, project_locks: list[Path], *, dry_run: bool = False,
             for name in gone:
                 snapshots.remove(store, name)
         res.snapshot_bytes = snapshots.disk_usage(store, skip=gone)
-        if not dry_run:
-            gcroots.clean_temporaries(store.root)
     return res
 

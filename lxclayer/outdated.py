@@ -74,7 +74,7 @@ def template_sources(project) -> list[str]:
     """The apt source lines (for apt on the host) of every Debian source the template's layers use."""
     from .builders import mmdebstrap
     from .debian.apt import KEYRING, SourceLine
-    from .kinds.apt import _key_path
+    from .kinds.apt import key_path
 
     lines: list[SourceLine] = []
     for layer in project.layers:
@@ -83,7 +83,7 @@ def template_sources(project) -> list[str]:
             lines += mmdebstrap.sources(s)
         elif layer.kind == "apt":
             for i, src in enumerate(s.sources):
-                key = _key_path(layer, src, str(layer.file), f"sources[{i}].key")
+                key = key_path(layer, src, str(layer.file), f"sources[{i}].key")
                 lines.append(SourceLine(uri=src.uri.rstrip("/"), suite=src.suite,
                                         components=() if src.suite.endswith("/") else tuple(src.components),
                                         options=(f"signed-by={key}",)))

@@ -40,7 +40,6 @@ from .materialise import UnsafePath, materialise
 from .scan import kept_xattr
 from .store import Store
 
-SNAPSHOTS = "snapshots"
 ENV = "LXCLAYER_SNAPSHOTS"
 INDEX = "index"
 ROOT = "root"
@@ -70,7 +69,7 @@ _counter = itertools.count()
 
 
 def snapshots_dir(store: Store) -> Path:
-    return store.root / SNAPSHOTS
+    return store.snapshots_dir()
 
 
 def snapshot_dir(store: Store, input_digest: str) -> Path:
@@ -151,7 +150,7 @@ def make(store: Store, input_digest: str, output: str, entries: list[Entry],
         # An entry published before the store had its entry gate: damage, removed and built again.
         rmtree(tmp)
         raise StoreCorruption(f"entry would write outside its snapshot: {e.reason}",
-                              entry=str(store.root / "layers" / input_digest)) from None
+                              entry=str(store.layer_dir(input_digest))) from None
     except BaseException:
         rmtree(tmp)
         raise

@@ -14,6 +14,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import xxhash
@@ -22,6 +23,9 @@ from .digest import digest_bytes, normalise_text, seal, unseal
 from .errors import DefinitionError
 from .kinds.base import LAYER_FILE, rel
 from .lock.model import EMPTY_DIR
+
+if TYPE_CHECKING:
+    from .store import Store
 
 IGNORED_DIRS = (".git", "__pycache__")
 IGNORED_SUFFIXES = (".pyc", "~")
@@ -95,9 +99,10 @@ class StatCache:
             self.dirty = False
 
 
-def cache_for(store_root: Path, project_root: Path) -> StatCache:
+def cache_for(store: "Store", project_root: Path) -> StatCache:
+    """The stat cache of the project at `project_root`, kept in `store`."""
     key = xxhash.xxh3_64_hexdigest(str(project_root.resolve()).encode())
-    return StatCache(store_root / "statcache" / f"{key}.msgpack")
+    return StatCache(store.statcache_path(key))
 
 
 def scan_sources(folder: Path, root: Path, cache: StatCache | None = None) -> dict[str, Source]:

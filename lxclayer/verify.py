@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from . import hermetic
-from .build import Events, Mode, _context, build, check_locked, plan
+from .build import Events, Mode, build, check_locked, layer_context, plan
 from .builders import builder
 from .definitions import Project, rel
 from .errors import DefinitionError, LockError, StoreCorruption
@@ -243,7 +243,7 @@ def verify_rebuild(project: Project, store: Store, names: list[str], events: Eve
             mod = builder(layer.kind)
             pins = msgspec.convert(entries[i].meta.record.get("artifacts", {}), Artifacts)
             with store.staging(f"verify-{layer.name}") as work:
-                ctx = _context(layer, project, store, entries[:i], pins, work, Mode.NORMAL, False,
+                ctx = layer_context(layer, project, store, entries[:i], pins, work, Mode.NORMAL, False,
                                lambda m, n=layer.name: events.log(n, m))
                 events.log(layer.name, "rebuilding without the cache")
                 with hermetic.fixed_umask():

@@ -40,7 +40,7 @@ import zstandard
 from lxclayer.digest import digest
 from lxclayer.manifest import Entry
 from lxclayer.registry import oci
-from lxclayer.store.local import LayerMeta
+from lxclayer.store import LayerMeta
 from lxclayer.store.registry import LAYER_TYPE, MANIFEST_TYPE, META_TYPE, OUTPUT, PACK_TYPE
 
 REPO = "team/cache"

@@ -20,6 +20,7 @@ import pytest
 
 from lxclayer.progress import Console, log_path
 from lxclayer.progress import events as ev
+from lxclayer.store import Store
 
 from .conftest import run_cli
 from .e2e_support import require_root, require_tools
@@ -119,7 +120,7 @@ def test_json_report_keeps_its_meaning_and_log_goes_where_asked(project_dir, sto
 
 
 def test_log_path_is_under_the_store_named_by_time_and_template(tmp_path):
-    p = log_path(tmp_path, "debian-13/x", when=0)
+    p = log_path(Store(tmp_path).logs_dir(), "debian-13/x", when=0)
     assert p == tmp_path / "logs" / "19700101T000000-debian-13_x.log"
 
 

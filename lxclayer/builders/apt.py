@@ -54,7 +54,6 @@ from ..kinds.apt import (  # noqa: F401 (what the engine asks a builder for)
     SUITE_RE,
     Settings,
     Source,
-    _key_path,
     check_key,
     gpg_fingerprints,
     validate,

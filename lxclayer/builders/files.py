@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 
 from ..definitions import container_path, parse_mode, rel
 from ..errors import BuildError, DefinitionError
-from ..kinds.files import NAME_RE, Rule, Settings, _root_dir, is_id, validate  # noqa: F401 (what the engine asks a builder for)
+from ..kinds.files import NAME_RE, Rule, Settings, is_id, root_dir, validate  # noqa: F401 (what the engine asks a builder for)
 from ..manifest import Entry, sorted_entries
 from ..sources import read_source, scan_sources
 from .base import Context, Result
@@ -129,7 +129,7 @@ def realise(ctx: Context) -> Result:
             )
             parent = parent.rpartition("/")[0]
 
-    rootdir = _root_dir(layer, shown)
+    rootdir = root_dir(layer, shown)
     if rootdir is not None:
         # Exactly what the input digest covers (the layer folder's sources), nothing else.
         prefix = _root_prefix(s)

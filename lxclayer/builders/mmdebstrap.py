@@ -45,7 +45,7 @@ from ..debian.layer import (
 from ..debian.normalise import normalise
 from ..debian.repo import make_repo
 from ..errors import BuildError
-from ..kinds.mmdebstrap import COMPONENT_RE, DEFAULT_MIRROR, SUITE_RE, Settings, _is_line, validate  # noqa: F401 (what the engine asks a builder for)
+from ..kinds.mmdebstrap import COMPONENT_RE, DEFAULT_MIRROR, SUITE_RE, Settings, is_line, validate  # noqa: F401 (what the engine asks a builder for)
 from ..lock.model import Artifact
 from .base import Artifacts, Context, Result
 
@@ -57,7 +57,7 @@ READS_BELOW = False
 def sources(s: Settings) -> list[SourceLine]:
     out = []
     for m in s.mirrors:
-        if _is_line(m):
+        if is_line(m):
             out.append(parse_source_line(m))
         else:
             out.append(SourceLine(uri=m.rstrip("/"), suite=s.suite, components=tuple(s.components)))

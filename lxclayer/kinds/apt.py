@@ -42,7 +42,7 @@ class Settings(LayerSpec, tag=KIND):
 # --- validation ---------------------------------------------------------------------------------
 
 
-def _key_path(layer: Layer, src: Source, shown_file: str, key: str) -> Path:
+def key_path(layer: Layer, src: Source, shown_file: str, key: str) -> Path:
     p = PurePosixPath(src.key)
     if p.is_absolute() or ".." in p.parts or not src.key:
         raise DefinitionError("must be a file inside the layer folder", file=shown_file, key=key)
@@ -77,7 +77,7 @@ def check_key(layer: Layer, i: int, shown_file: str) -> bytes:
     """The key file's bytes, if they are the pinned key; otherwise a DefinitionError."""
     s: Settings = layer.spec  # type: ignore[assignment]
     src = s.sources[i]
-    path = _key_path(layer, src, shown_file, f"sources[{i}].key")
+    path = key_path(layer, src, shown_file, f"sources[{i}].key")
     data = read_source(path)
     if src.key_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()

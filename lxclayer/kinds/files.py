@@ -37,7 +37,7 @@ def is_id(value: str) -> bool:
 
 def validate(layer: Layer, shown: str) -> None:
     s: Settings = layer.spec  # type: ignore[assignment]
-    rootdir = _root_dir(layer, shown)
+    rootdir = root_dir(layer, shown)
     if rootdir is not None and not rootdir.is_dir():
         raise DefinitionError(
             f"folder {s.root!r} does not exist beside layer.toml", file=shown, key="root"
@@ -74,7 +74,7 @@ def validate(layer: Layer, shown: str) -> None:
             raise DefinitionError("a symlink needs a target", file=shown, key=f"symlinks.{link}")
 
 
-def _root_dir(layer: Layer, shown: str) -> Path | None:
+def root_dir(layer: Layer, shown: str) -> Path | None:
     s: Settings = layer.spec  # type: ignore[assignment]
     if ".." in Path(s.root).parts or Path(s.root).is_absolute():
         raise DefinitionError("must be a folder inside the layer folder", file=shown, key="root")

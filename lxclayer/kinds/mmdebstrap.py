@@ -29,7 +29,7 @@ class Settings(LayerSpec, tag=KIND):
     packages: list[str] = []
 
 
-def _is_line(m: str) -> bool:
+def is_line(m: str) -> bool:
     return m.startswith(("deb ", "deb\t"))
 
 
@@ -48,7 +48,7 @@ def validate(layer: Layer, shown_file: str) -> None:
     if not s.mirrors:
         raise DefinitionError("at least one mirror is needed", file=shown_file, key="mirrors")
     for i, m in enumerate(s.mirrors):
-        if _is_line(m):
+        if is_line(m):
             try:
                 parse_source_line(m)
             except ValueError as e:

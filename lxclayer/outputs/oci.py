@@ -43,7 +43,7 @@ import msgspec
 import zstandard
 
 from .. import tarformat
-from ..check import Member, Violation, _ZstdReader, check_layers, compression_of, member_of
+from ..check import Member, Violation, ZstdReader, check_layers, compression_of, member_of
 from ..digest import digest
 from ..errors import ArchiveError
 from ..lock.model import Lockfile
@@ -640,7 +640,7 @@ def _layer_members(blob: BlobSlice, digest_: str, comp: str, diff_id: str, n: in
         if raw.digest() != digest_:
             out.append(Violation(where, "oci-blob", "the layer blob does not match its digest"))
         return
-    plain = _GzipFirst(rest) if comp == "gzip" else _ZstdReader(rest) if comp == "zstd" else rest
+    plain = _GzipFirst(rest) if comp == "gzip" else ZstdReader(rest) if comp == "zstd" else rest
     tar = _Hashing(plain)
     try:
         with tarfile.open(fileobj=tar, mode="r|") as tf:  # type: ignore[call-overload]

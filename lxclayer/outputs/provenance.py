@@ -29,7 +29,7 @@ from .. import __version__
 from ..fsio import atomic_write
 from ..lock.model import Lockfile
 from ..lock.toml import stack_digest
-from .sbom import _artifacts, _created, deb_purl, debian_release, pool_url, pypi_purl
+from .sbom import created_at, deb_purl, debian_release, locked_artifacts, pool_url, pypi_purl
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -103,13 +103,13 @@ def resolved_dependencies(lock: Lockfile) -> list[ResourceDescriptor]:
     tools (uri: where they were downloaded), each with its sha256."""
     distro = debian_release(lock)
     found: dict[tuple[str, str], ResourceDescriptor] = {}
-    for a in _artifacts(lock, "packages"):
+    for a in locked_artifacts(lock, "packages"):
         d = ResourceDescriptor(name=a.name, uri=pool_url(a.source), digest={"sha256": a.sha256},
                                annotations={"version": a.version,
                                             "purl": deb_purl(a.name, a.version, a.arch, distro)})
         found.setdefault((d.uri, a.sha256), d)
     for kind in ("wheels", "tools"):
-        for a in _artifacts(lock, kind):
+        for a in locked_artifacts(lock, kind):
             d = ResourceDescriptor(name=a.name, uri=a.source, digest={"sha256": a.sha256},
                                    annotations={"version": a.version, "purl": pypi_purl(a.name, a.version)})
             found.setdefault((d.uri, a.sha256), d)
@@ -130,7 +130,7 @@ def statement(lock: Lockfile, source: GitSource | None) -> dict:
                 "sourceDateEpoch": t.source_date_epoch}
     if source is not None:
         internal["source"] = msgspec.to_builtins(source)
-    when = _created(t.source_date_epoch)
+    when = created_at(t.source_date_epoch)
     return {
         "_type": STATEMENT_TYPE,
         "subject": msgspec.to_builtins(subjects(lock)),

@@ -170,7 +170,7 @@ def _package(**fields: Any) -> Package:
                    license_declared=NOASSERTION, copyright_text=NOASSERTION, **fields)
 
 
-def _artifacts(lock: Lockfile, kind: str) -> Iterable[Artifact]:
+def locked_artifacts(lock: Lockfile, kind: str) -> Iterable[Artifact]:
     for layer in lock.layers.values():
         yield from layer.artifacts.get(kind, {}).values()
 
@@ -193,7 +193,7 @@ def _file_name(source: str) -> str:
 def _debs(lock: Lockfile) -> list[tuple[str, Package]]:
     distro = debian_release(lock)
     out = []
-    for a in _unique(_artifacts(lock, "packages"), lambda a: (a.name, a.version, a.arch, a.sha256)):
+    for a in _unique(locked_artifacts(lock, "packages"), lambda a: (a.name, a.version, a.arch, a.sha256)):
         src = source_package(a.source)
         out.append((f"SPDXRef-deb-{_id_part(a.name)}-{_id_part(a.version)}-{_id_part(a.arch)}", _package(
             spdx_id="",
@@ -211,7 +211,7 @@ def _debs(lock: Lockfile) -> list[tuple[str, Package]]:
 
 
 def _wheels(lock: Lockfile) -> list[tuple[str, Package]]:
-    found = [*_artifacts(lock, "wheels"), *_artifacts(lock, "tools")]
+    found = [*locked_artifacts(lock, "wheels"), *locked_artifacts(lock, "tools")]
     out = []
     for a in _unique(found, lambda a: (pypi_name(a.name), a.version, a.sha256)):
         out.append((f"SPDXRef-pypi-{_id_part(pypi_name(a.name))}-{_id_part(a.version)}", _package(
@@ -243,7 +243,7 @@ def _with_unique_ids(named: list[tuple[str, Package]]) -> list[Package]:
     return out
 
 
-def _created(epoch: int) -> str:
+def created_at(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -269,7 +269,7 @@ def document(lock: Lockfile) -> Document:
     return Document(
         name=f"{t.name}-{t.version}-{t.release}",
         document_namespace=f"{NAMESPACE_BASE}{_pct(t.name)}-{_pct(t.version)}-{t.release}-{digest}",
-        creation_info=CreationInfo(created=_created(t.source_date_epoch),
+        creation_info=CreationInfo(created=created_at(t.source_date_epoch),
                                    creators=[f"Tool: lxclayer-{__version__}"]),
         packages=[template, *packages],
         relationships=relationships,

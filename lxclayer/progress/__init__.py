@@ -29,12 +29,12 @@ TAIL = 20  # lines of a failing program's output shown under the error
 KEEP_LOGS = 30  # build logs kept per store (the oldest go when a new one is made)
 
 
-def log_path(store_root: Path, template: str, when: float | None = None) -> Path:
-    """Where the log of a build of `template` started at `when` goes: STORE/logs/TIME-TEMPLATE.log.
-    The one place that decides it."""
+def log_path(logs_dir: Path, template: str, when: float | None = None) -> Path:
+    """Where the log of a build of `template` started at `when` goes: LOGS/TIME-TEMPLATE.log,
+    LOGS being the store's `logs_dir()` (STORE/logs). The one place that decides the name."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when if when is not None else time.time()))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in template)
-    return Path(store_root) / "logs" / f"{stamp}-{safe}.log"
+    return Path(logs_dir) / f"{stamp}-{safe}.log"
 
 
 def choose(mode: str, stream: TextIO) -> str:

@@ -513,7 +513,7 @@ class RegistryClient:
                          what=f"manifest {reference}")
         media = r.headers.get("content-type", "").split(";")[0].strip()
         try:
-            declared = msgspec.json.decode(r.body, type=oci._MediaTypeOnly).mediaType
+            declared = msgspec.json.decode(r.body, type=oci.MediaTypeOnly).mediaType
         except (msgspec.DecodeError, msgspec.ValidationError):
             raise RegistryProtocolError(f"registry {self.ref.registry}: manifest {reference} is not "
                                         "valid JSON") from None
@@ -550,7 +550,7 @@ class RegistryClient:
         if claimed and claimed != digest:
             raise DigestMismatch(f"registry {self.ref.registry}: stored manifest as {claimed}, "
                                  f"its bytes are {digest}")
-        subject = msgspec.json.decode(data, type=oci._MediaTypeOnly).subject
+        subject = msgspec.json.decode(data, type=oci.MediaTypeOnly).subject
         if subject is not None and "oci-subject" not in r.headers:
             self._add_fallback_referrer(subject.digest, data, media_type, digest)
         return digest
@@ -594,7 +594,7 @@ class RegistryClient:
         return _decode_index(data, self.ref.registry)
 
     def _add_fallback_referrer(self, subject: str, data: bytes, media_type: str, digest: str) -> None:
-        doc = msgspec.json.decode(data, type=oci._MediaTypeOnly)
+        doc = msgspec.json.decode(data, type=oci.MediaTypeOnly)
         art = doc.artifactType or (doc.config.media_type if doc.config else None)
         desc = oci.Descriptor(media_type=media_type, digest=digest, size=len(data),
                               artifact_type=art, annotations=doc.annotations)

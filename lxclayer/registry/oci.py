@@ -46,7 +46,7 @@ class Index(msgspec.Struct, omit_defaults=True, rename="camel"):
         self.media_type = self.media_type or INDEX
 
 
-class _MediaTypeOnly(msgspec.Struct):
+class MediaTypeOnly(msgspec.Struct):
     mediaType: str | None = None
     subject: Descriptor | None = None
     artifactType: str | None = None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..errors import StoreCorruption
     from ..manifest import Entry
-    from .local import LayerEntry, LayerMeta
+    from .model import LayerEntry, LayerMeta, Root
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Swept:
 class Store(abc.ABC):
     """A content-addressed store of layer entries, blobs, artifacts and archive chunks."""
 
-    root: Path  # where its files on this machine live (caches, roots, staging)
+    root: Path  # where its files on this machine live: only the store joins paths under it
     default: type[Store] | None = None  # what Store(...) opens: set by the local store's module
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Store:
@@ -80,6 +80,47 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def staging(self, prefix: str = "stage") -> contextlib.AbstractContextManager[Path]:
         """A fresh work folder, removed afterwards (and by a later run if this one is killed)."""
+
+    # --- areas it keeps for the rest of lxclayer ----------------------------------------------
+    # Each under the store's root, reached only through these (what is inside is the caller's).
+
+    @abc.abstractmethod
+    def exists(self) -> bool:
+        """Whether the store has been made (a command that only reads, like plan, makes none)."""
+
+    @abc.abstractmethod
+    def layer_dir(self, input_digest: str) -> Path:
+        """Where the entry stored under `input_digest` is (or would be): what a damage report
+        names as its `entry`, so that :meth:`evict` finds it."""
+
+    @abc.abstractmethod
+    def tmp_dir(self) -> Path:
+        """Scratch space on the store's file system (staging folders are made in it)."""
+
+    @abc.abstractmethod
+    def snapshots_dir(self) -> Path:
+        """Where the snapshots of entries live (:mod:`lxclayer.snapshots` keeps them)."""
+
+    @abc.abstractmethod
+    def statcache_path(self, key: str) -> Path:
+        """The file of the source stat cache `key` (one per project: :mod:`lxclayer.sources`)."""
+
+    @abc.abstractmethod
+    def logs_dir(self) -> Path:
+        """Where build logs go (:mod:`lxclayer.progress` names and prunes them)."""
+
+    # --- GC roots: the lockfiles whose layers gc keeps (:mod:`lxclayer.store.roots`) ---------
+
+    @abc.abstractmethod
+    def register_root(self, lock_file: Path) -> Path:
+        """Make `lock_file` a root of the store (idempotent)."""
+
+    @abc.abstractmethod
+    def roots(self) -> list[Root]:
+        """Every registered root, live or dead, sorted by lockfile path."""
+
+    @abc.abstractmethod
+    def remove_root(self, root: Root) -> None: ...
 
     # --- layer entries --------------------------------------------------------------------------
 
@@ -167,4 +208,5 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def sweep(self, keep: Keep, *, dry_run: bool = False) -> Swept:
-        """Remove what `keep` does not name (under an exclusive session)."""
+        """Remove what `keep` does not name, and what killed runs left half-made (under an
+        exclusive session)."""

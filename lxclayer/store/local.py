@@ -7,8 +7,13 @@ Layout under the store root:
     blobs/<hh>/<xxh3-128>             file contents, named by their hash
     artifacts/<hh>/<sha256>           downloaded .deb, wheels, tarballs, named by their sha256
     chunks/<hh>/<key>                 compressed archive chunks (see compose)
+    composed/<key>.json               records of composed archives (sha256, size, stat)
     tmp/                              staging; everything appears elsewhere by rename
     locks/                            lock files
+    roots/<xxh3-128>                  GC roots: links to lockfiles (see .roots)
+    snapshots/<input digest>/         entries unpacked for overlay mounts (lxclayer.snapshots)
+    statcache/<key>.msgpack           per project, the sources' stat cache (lxclayer.sources)
+    logs/                             build logs (lxclayer.progress)
 
 Entries appear atomically (staged in tmp/, then renamed), so a killed build never leaves half an
 entry. Reading an entry checks the manifest against the recorded output digest; reading a blob
@@ -33,25 +38,12 @@ from .. import prealloc
 from ..digest import CHUNK, canonical, digest, seal, seal_tag, unseal
 from ..errors import StoreCorruption, UserError
 from ..fsio import atomic_write, fsync_dir, pid_alive, rmtree, sha256_file
-from ..lock.model import Artifact
 from ..manifest import Entry
+from . import roots as gcroots
 from .base import Keep, Store, Swept
+from .model import LayerEntry, LayerMeta, Root
 
 STORE_FORMAT = "1"
-
-
-class LayerMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
-    input: str
-    output: str
-    kind: str
-    builder: str
-    layer: str = ""  # the name of the layer it was first built for (informational)
-    artifacts: dict[str, dict[str, Artifact]] = {}
-    record: dict[str, Any] = {}  # the input record that hashes to `input`
-    # A cheap check, on every read, that neither the manifest nor any field of this record was
-    # altered: "v2:" + xxh3-128 of the manifest file's bytes and the canonical encoding of every
-    # other field. (Entries made before v2 carry the xxh3-128 of the manifest and `output` only.)
-    seal: str = ""
 
 
 def _seal_of(meta: LayerMeta, raw: bytes) -> str:
@@ -65,46 +57,7 @@ def _seal_ok(meta: LayerMeta, raw: bytes) -> bool:
     return xxhash.xxh3_128_hexdigest(raw + meta.output.encode()) == meta.seal
 
 
-class LayerEntry:
-    """A stored layer: its metadata, and its manifest decoded (and checked against the output
-    digest) when first asked for, since a no-op build needs only the digests."""
-
-    __slots__ = ("_entries", "_raw", "_where", "layer", "meta")
-
-    def __init__(self, meta: LayerMeta, entries: list[Entry] | None = None, *, raw: bytes = b"",
-                 where: str = "", layer: str | None = None):
-        self.meta = meta
-        self._entries = entries
-        self._raw = raw
-        self._where = where
-        self.layer = layer
-
-    @property
-    def input(self) -> str:
-        return self.meta.input
-
-    @property
-    def output(self) -> str:
-        return self.meta.output
-
-    @property
-    def entries(self) -> list[Entry]:
-        if self._entries is None:
-            try:
-                entries = _manifest_dec.decode(self._raw)
-            except msgspec.DecodeError as e:
-                raise StoreCorruption(f"store entry is unreadable ({e})", entry=self._where,
-                                      layer=self.layer) from None
-            if digest(entries) != self.meta.output:
-                raise StoreCorruption("manifest does not match the recorded output digest",
-                                      entry=self._where, layer=self.layer)
-            self._entries = entries
-            self._raw = b""
-        return self._entries
-
-
 _manifest_enc = msgspec.msgpack.Encoder()
-_manifest_dec = msgspec.msgpack.Decoder(list[Entry])
 _meta_dec = msgspec.json.Decoder(LayerMeta)
 
 
@@ -143,8 +96,23 @@ class LocalStore(Store):
                 " version of lxclayer); use another --store", file=str(self.root),
             )
 
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
     def layer_dir(self, input_digest: str) -> Path:
         return self.root / "layers" / input_digest
+
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    def snapshots_dir(self) -> Path:
+        return self.root / "snapshots"
+
+    def statcache_path(self, key: str) -> Path:
+        return self.root / "statcache" / f"{key}.msgpack"
+
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
 
     def blob_path(self, h: str) -> Path:
         return self.root / "blobs" / h[:2] / h
@@ -157,6 +125,17 @@ class LocalStore(Store):
         which would put every chunk of a format in one folder)."""
         key = name.rpartition("-")[2]
         return self.root / "chunks" / key[:2] / name
+
+    # --- GC roots -----------------------------------------------------------------------------
+
+    def register_root(self, lock_file: Path) -> Path:
+        return gcroots.register(self.root / gcroots.ROOTS, lock_file)
+
+    def roots(self) -> list[Root]:
+        return gcroots.roots(self.root / gcroots.ROOTS)
+
+    def remove_root(self, root: Root) -> None:
+        gcroots.remove(root)
 
     # --- locking ------------------------------------------------------------------------------
 
@@ -602,6 +581,7 @@ class LocalStore(Store):
                     lockf.unlink(missing_ok=True)
             for d in (self.root / "tmp").glob("dead-*"):
                 rmtree(d)
+            gcroots.clean_temporaries(self.root / gcroots.ROOTS)
         return out
 
     def _describe(self, input_digest: str) -> tuple[str, str]:

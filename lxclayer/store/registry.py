@@ -44,7 +44,7 @@ import zstandard
 from ..manifest import Entry
 from ..registry import BlobUnknown, DigestMismatch, NotFound, RegistryClient, oci
 from .base import Store
-from .local import LayerEntry, LayerMeta
+from .model import LayerEntry, LayerMeta
 
 LAYER_TYPE = "application/vnd.lxclayer.layer.v1"
 META_TYPE = "application/vnd.lxclayer.layer.meta.v1+json"

@@ -9,37 +9,26 @@ registers the lockfile it builds for as a root: a symbolic link
 `gc` keeps whatever any live root's lockfile needs. A root whose lockfile is gone (the checkout
 was deleted) is dead; gc removes it and says so. A root's target is only ever read as a
 lockfile; a link is replaced atomically (made beside it, then renamed over it).
+
+The functions here work on the roots folder of a local store; the rest of lxclayer reaches
+roots through the `Store` interface (`register_root`, `roots`, `remove_root`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
 
-ROOTS = "roots"
+from .model import Root
+
+ROOTS = "roots"  # the folder under the store's root
 
 
-@dataclass(frozen=True)
-class Root:
-    link: Path  # the link in the store
-    lock_file: Path  # the lockfile it names
-
-    @property
-    def live(self) -> bool:
-        return self.lock_file.is_file()
-
-
-def _dir(store_root: Path) -> Path:
-    return store_root / ROOTS
-
-
-def register(store_root: Path, lock_file: Path) -> Path:
-    """Make `lock_file` a root of the store (idempotent). Returns the link."""
+def register(d: Path, lock_file: Path) -> Path:
+    """Make `lock_file` a root of the store whose roots folder is `d` (idempotent). Returns the link."""
     target = Path(os.path.abspath(lock_file))
-    d = _dir(store_root)
     d.mkdir(parents=True, exist_ok=True)
     link = d / xxhash.xxh3_128_hexdigest(str(target).encode("utf-8", "surrogateescape"))
     try:
@@ -57,9 +46,8 @@ def register(store_root: Path, lock_file: Path) -> Path:
     return link
 
 
-def roots(store_root: Path) -> list[Root]:
-    """Every registered root, live or dead, sorted by lockfile path."""
-    d = _dir(store_root)
+def roots(d: Path) -> list[Root]:
+    """Every root registered in `d`, live or dead, sorted by lockfile path."""
     if not d.is_dir():
         return []
     out = []
@@ -77,9 +65,8 @@ def remove(root: Root) -> None:
     root.link.unlink(missing_ok=True)
 
 
-def clean_temporaries(store_root: Path) -> None:
+def clean_temporaries(d: Path) -> None:
     """Links left half-made by a killed `register` (only called while gc holds the store)."""
-    d = _dir(store_root)
     if d.is_dir():
         for tmp in d.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
