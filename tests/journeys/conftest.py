@@ -228,9 +228,32 @@ class Journey:
         self.root = root
         self.project = copy_project(warm.project, root / "project")
         self.store = store
+        self.runs: list[Run] = []
+        self.base = git(self.project, "rev-parse", "HEAD").strip()
+
+    def reset(self) -> None:
+        """The checkout as cloned (what an earlier journey edited or committed undone); dist/ is
+        kept, as a user's is: the builder checks it."""
+        git(self.project, "reset", "-q", "--hard", self.base)
+        git(self.project, "clean", "-fdq", "-e", "/dist")
+        self.runs.clear()
 
     def lx(self, *args: str, **kw) -> Run:
-        return lxclayer(self.project, self.store, *args, **kw)
+        r = lxclayer(self.project, self.store, *args, **kw)
+        self.runs.append(r)
+        return r
+
+    def timings(self) -> str:
+        """Per run: the command and its wall time; for builds, what was built and in how long."""
+        lines = []
+        for r in self.runs:
+            line = f"{r.seconds:6.1f} s  lxclayer {' '.join(r.args)}"
+            if "build" in r.args and "--json" in r.args and r.rc == 0:
+                rep = r.report
+                built = [f"{la['name']} {la['seconds']:.0f}" for la in rep["layers"] if la["state"] == "built"]
+                line += f"  [built: {', '.join(built) or 'nothing'}]"
+            lines.append(line)
+        return "\n".join(lines)
 
     def build(self, template: str, *args: str, ok: bool = True, **kw) -> Run:
         r = self.lx("--template", template, "build", "--json", *args, **kw)
@@ -270,12 +293,35 @@ def _scratch(store: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".lxclayer-journey-", dir=store.parent))
 
 
-@pytest.fixture
-def journey(warm, tmp_path):
-    """A project copy and a store cloned from the session's (snapshots shared)."""
+@pytest.fixture(scope="session")
+def user(warm, tmp_path_factory):
+    """The user of the everyday journeys: one checkout (both templates) and one store cloned
+    from the session's, kept for the session so that each journey starts where a user is, with
+    dist/ made (a journey that breaks its store takes `own_journey`)."""
     scratch = _scratch(warm.store)
     try:
-        yield Journey(warm, tmp_path, clone_store(warm.store, scratch / "store"))
+        yield Journey(warm, tmp_path_factory.mktemp("user"), clone_store(warm.store, scratch / "store"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture
+def journey(user):
+    """The user's checkout, reset to what was cloned."""
+    user.reset()
+    yield user
+    print(f"\n{user.timings()}")
+
+
+@pytest.fixture
+def own_journey(warm, tmp_path):
+    """A checkout and a store of its own (cloned from the session's, snapshots shared), for a
+    journey that damages or removes what is in its store."""
+    scratch = _scratch(warm.store)
+    try:
+        j = Journey(warm, tmp_path, clone_store(warm.store, scratch / "store"))
+        yield j
+        print(f"\n{j.timings()}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
