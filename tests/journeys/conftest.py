@@ -241,6 +241,7 @@ class Journey:
     def lx(self, *args: str, **kw) -> Run:
         r = lxclayer(self.project, self.store, *args, **kw)
         self.runs.append(r)
+        r.assert_no_traceback()  # whatever the outcome, a user never gets one
         return r
 
     def timings(self) -> str:
