@@ -199,7 +199,7 @@ def warm(tmp_path_factory) -> Warm:
         lock = project / "locks" / f"{name}.lock"
         warm.locks[name] = lock.read_bytes()
         assert Lock(warm.locks[name]).sha256() == r.sha256(), r
-    if git(project, "status", "--porcelain"):
+    if git(project, "status", "--porcelain", "--untracked-files=no"):
         git(project, "commit", "-q", "-am", "locks for this host")
     shutil.rmtree(project / "dist", ignore_errors=True)
     print(f"\njourneys: session build {', '.join(f'{k} {v:.0f} s' for k, v in warm.seconds.items())}"

@@ -44,11 +44,18 @@ def _start(j, template):
     return lock
 
 
+def _timeless(lock: bytes) -> bytes:
+    return b"".join(ln for ln in lock.splitlines(keepends=True) if not ln.startswith(b"resolved_at = "))
+
+
 def _undone(j, template, before) -> None:
-    """After an edit is undone: nothing built, the lock and the archives byte for byte as before."""
+    """After an edit is undone: nothing built, the archives byte for byte as before, and the lock
+    too but for the `resolved_at` of a layer whose pins were resolved again (a record of when,
+    part of no digest, which `lock diff` does not report: docs/lockfile.md)."""
     r = j.build(template)
     assert r.built == set() and r.cached == set(before.stack), r
-    assert j.lock_file(template).read_bytes() == before.bytes, j.lx("--template", template, "lock", "diff").out
+    assert _timeless(j.lock_file(template).read_bytes()) == _timeless(before.bytes), \
+        j.lx("--template", template, "lock", "diff").out
     assert r.sha256() == before.sha256(), r
     d = j.lx("--template", template, "lock", "diff")
     assert (d.rc, d.out) == (0, "no changes\n"), d
