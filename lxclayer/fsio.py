@@ -75,6 +75,18 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = 
         fsync_dir(path.parent)
 
 
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """`atomic_write` unless `path` already holds exactly `data` (a no-op build rewrites
+    nothing); True when it wrote."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    atomic_write(path, data)
+    return True
+
 def remove_stale_temporaries(folder: Path) -> None:
     """Remove the temporary files of `atomic_write` that a killed process left in `folder`
     (`.NAME.PID.XXXX.tmp` whose PID is gone)."""

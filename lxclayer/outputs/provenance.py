@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 
 from .. import __version__
-from ..fsio import atomic_write
+from ..fsio import write_if_changed
 from ..lock.model import Lockfile
 from ..lock.toml import stack_digest
 from .sbom import created_at, deb_purl, debian_release, locked_artifacts, pool_url, pypi_purl
@@ -162,13 +162,7 @@ def provenance_document(lock: Lockfile, source: GitSource | None) -> bytes:
 def write_provenance(lock: Lockfile, out_dir: Path, source: GitSource | None) -> Path:
     """`<out_dir>/<template>.intoto.json`; rewritten only when it differs."""
     path = out_dir / provenance_filename(lock)
-    data = provenance_document(lock, source)
-    try:
-        same = path.read_bytes() == data
-    except OSError:
-        same = False
-    if not same:
-        atomic_write(path, data)
+    write_if_changed(path, provenance_document(lock, source))
     return path
 
 

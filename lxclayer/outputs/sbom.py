@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from .. import __version__
-from ..fsio import atomic_write
+from ..fsio import write_if_changed
 from ..lock.model import Artifact, Lockfile
 from ..lock.toml import stack_digest
 
@@ -288,11 +288,5 @@ __all__ = ["sbom_filename", "spdx_document"]
 def write_sbom(lock: Lockfile, out_dir: Path) -> Path:
     """`<out_dir>/<template>.spdx.json` from the lock alone; rewritten only when it differs."""
     path = out_dir / sbom_filename(lock)
-    data = spdx_document(lock)
-    try:
-        same = path.read_bytes() == data
-    except OSError:
-        same = False
-    if not same:
-        atomic_write(path, data)
+    write_if_changed(path, spdx_document(lock))
     return path
