@@ -43,6 +43,8 @@ from lxclayer.registry import oci
 from lxclayer.store import LayerMeta
 from lxclayer.store.registry import LAYER_TYPE, MANIFEST_TYPE, META_TYPE, OUTPUT, PACK_TYPE
 
+from . import http_support
+
 REPO = "team/cache"
 TEN_GIB = 10 << 30
 STREAM_CAP = 32 << 20  # a "10 GiB" answer stops after this many bytes (the test must not take long)
@@ -110,11 +112,8 @@ class HostileRegistry:
             def do_PUT(self):
                 owner._serve(self, "PUT")
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = http_support.start(Handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     @property
     def url(self) -> str:
@@ -122,8 +121,7 @@ class HostileRegistry:
 
     def close(self) -> None:
         self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
+        http_support.stop(self.server)
 
     # --- the crafted entry ------------------------------------------------------------------
 
@@ -286,8 +284,7 @@ class TokenServer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        http_support.stop(self.server)
 
 
 def free_port() -> int:

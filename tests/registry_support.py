@@ -9,11 +9,11 @@ import http.server
 import json
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
+from . import http_support
 from .e2e_support import require_tools
 
 USER, PASSWORD = "builder", "s3cret-Pa55word"
@@ -182,11 +182,8 @@ class FaultProxy:
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = handle_one
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = http_support.start(Handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     @property
     def address(self) -> str:
@@ -202,8 +199,7 @@ class FaultProxy:
         return None
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        http_support.stop(self.server)
 
 
 def blob_get(method: str, path: str) -> bool:

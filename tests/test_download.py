@@ -15,6 +15,7 @@ import pytest
 from lxclayer import download
 from lxclayer.download import DownloadError
 
+from . import http_support
 from .conftest import run_cli, write_project
 
 BODY = b"pinned bytes\n" * 1000
@@ -55,12 +56,9 @@ def server(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(download, "BACKOFF", 0.01)
     _Handler.plan, _Handler.seen = {}, []
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    srv = http_support.start(_Handler)
     yield f"http://127.0.0.1:{srv.server_address[1]}", _Handler
-    srv.shutdown()
-    srv.server_close()
+    http_support.stop(srv)
 
 
 def closed_port() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import threading
 
 import pytest
 
@@ -13,6 +12,8 @@ from lxclayer.debian import fetch
 from lxclayer.errors import BuildError
 from lxclayer.lock.model import Artifact
 from lxclayer.store import Store
+
+from . import http_support
 
 BODY = b"a .deb, as far as the fetcher knows\n" * 100
 
@@ -41,12 +42,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server(monkeypatch):
     monkeypatch.setattr(download, "BACKOFF", 0.01)
     _Handler.plan, _Handler.seen = {}, []
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    srv = http_support.start(_Handler)
     yield f"http://127.0.0.1:{srv.server_address[1]}", _Handler
-    srv.shutdown()
-    srv.server_close()
+    http_support.stop(srv)
 
 
 def _fetch(store, tmp_path, urls):
