@@ -1,8 +1,8 @@
 """The shared layer cache: where it is, when it is asked, and what of it may be used.
 
-The cache is a second store in a registry (:mod:`lxclayer.store.registry`); this module is
-the policy around it, so that build code asks one question ("substitute this layer?") and a
-faulty cache never breaks a build:
+The cache is a substituter (:mod:`lxclayer.store.substituter`) in an OCI registry
+(:mod:`lxclayer.store.registry`); this module is the policy around it, so that build code asks
+one question ("substitute this layer?") and a faulty cache never breaks a build:
 
 - **where:** `--cache REF`, else `$LXCLAYER_CACHE`, else `[cache] url` in the project's
   `lxclayer.toml`; `off` (or none) means no cache. `--offline` never contacts it.
@@ -35,7 +35,7 @@ from .registry.errors import (
     RegistryUnavailable,
 )
 from .store import LayerEntry, Store
-from .store.registry import Pulled, RegistryCache
+from .store.substituter import Offer, Pulled, Substituter
 
 DEADLINE = 30.0
 BUDGET = 900.0
@@ -105,7 +105,7 @@ class Cache:
     """One run's view of the cache: lazy, fault-tolerant, and strict about what it lets in."""
 
     def __init__(self, s: CacheSettings, warn: Callable[[str], None], *,
-                 backend: RegistryCache | None = None):
+                 backend: Substituter | None = None):
         self.settings = s
         self.warn = warn
         self._backend = backend
@@ -116,12 +116,13 @@ class Cache:
     def where(self) -> str:
         return self.settings.url
 
-    def backend(self) -> RegistryCache | None:
-        """The registry cache, opened on first use; None once it was given up."""
+    def backend(self) -> Substituter | None:
+        """The substituter (the registry cache), opened on first use; None once it was given up."""
         if self.stats.unavailable:
             return None
         if self._backend is None:
             from .registry.client import RetryPolicy
+            from .store.registry import RegistryCache
 
             s = self.settings
             try:
@@ -148,30 +149,28 @@ class Cache:
     def substitute(self, layer: str, input_digest: str, store: Store, *, builder: str,
                    want_output: str | None) -> Pulled | None:
         """The cached entry for `input_digest`, checked, its files already in `store`; None when
-        the cache has none, is unavailable, or its entry is refused (said in one line)."""
+        the cache has none, is unavailable, or its entry is refused (said in one line).
+
+        What can be refused from the entry's metadata and manifest (its output digest, its
+        builder, under `--locked` the lock's output) is refused before any of its files is
+        downloaded; the files are checked as they come, and the whole entry by the gate."""
         backend = self.backend()
         if backend is None:
             return None
         try:
-            pulled = backend.fetch_layer(input_digest, store)
+            offer = backend.query(input_digest)
+            if offer is None:
+                return None
+            why = self._refusal(offer, builder, want_output)
+            if why:
+                self._refuse(layer, why)
+                return None
+            pulled = backend.fetch(offer, store)
         except (RegistryUnavailable, RegistryAuthError) as e:
             self._give_up(e)
             return None
         except RegistryError as e:  # refused bytes, a blob it names but lacks, a malformed digest
             self._refuse(layer, e.message())
-            return None
-        if pulled is None:
-            return None
-        output = digest(pulled.entries)
-        if output != pulled.claimed_output or output != pulled.meta.output:
-            self._refuse(layer, f"its manifest hashes to {output[:12]}, the entry claims "
-                                f"{pulled.claimed_output[:12]}")
-            return None
-        if pulled.meta.builder != builder:
-            self._refuse(layer, f"it was made by {pulled.meta.builder}, this build uses {builder}")
-            return None
-        if want_output is not None and output != want_output:
-            self._refuse(layer, f"its output {output[:12]} is not the lock's {want_output[:12]}")
             return None
         # Self-consistent is not safe: the store's entry gate decides (publish asks it again).
         from .entrycheck import check_entries
@@ -182,6 +181,18 @@ class Cache:
             return None
         self.stats.pulled.append(layer)
         return pulled
+
+    @staticmethod
+    def _refusal(offer: Offer, builder: str, want_output: str | None) -> str:
+        """Why an offered entry cannot be used, from its metadata and manifest alone ("" if it may be)."""
+        output = digest(offer.entries)
+        if output != offer.claimed_output or output != offer.meta.output:
+            return f"its manifest hashes to {output[:12]}, the entry claims {offer.claimed_output[:12]}"
+        if offer.meta.builder != builder:
+            return f"it was made by {offer.meta.builder}, this build uses {builder}"
+        if want_output is not None and output != want_output:
+            return f"its output {output[:12]} is not the lock's {want_output[:12]}"
+        return ""
 
     def _refuse(self, layer: str, why: str) -> None:
         self.stats.refused.append(layer)
@@ -196,7 +207,7 @@ class Cache:
             if backend is None:
                 return
             try:
-                if backend.push_layer(entry, store):
+                if backend.push(entry, store):
                     self.stats.pushed.append(name)
             except RegistryError as e:
                 self._give_up(e)
@@ -277,12 +288,10 @@ def status(cache: Cache, lock: Lockfile, *, outputs_too: bool = False) -> list[L
     backend = cache.backend()
     if backend is None:
         raise RegistryUnavailable(f"cache {cache.where} unavailable: {cache.stats.unavailable}")
-    from .store.registry import layer_tag
-
-    tags = backend.tags()
+    held = backend.held()
     out = []
     for name, locked in lock.layers.items():
-        st = LayerStatus(name=name, input=locked.input, cached=layer_tag(locked.input) in tags)
+        st = LayerStatus(name=name, input=locked.input, cached=locked.input in held)
         if st.cached and outputs_too:
             st.output = backend.claimed_output(locked.input)
         out.append(st)

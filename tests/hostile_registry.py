@@ -3,10 +3,13 @@ of the distribution API (`/v2/`, manifests, blobs, tags, uploads, a token endpoi
 crafted answers behind `--cache oci://127.0.0.1:PORT/team/cache`.
 
 Every `layer-<input>` tag is answered with an lxclayer layer entry made up on the spot for that
-input: one file of `file_size` bytes, in one pack. What is wrong with it is the `mode`:
+input: one file of `file_size` bytes, in one pack, made by `builder`: by default the builder of
+the bottom layer of the tests' project (`import`, conftest.write_project's `base`), so that this
+layer's entry is downloaded (and what is wrong with it met) while the others are refused before
+(in "honest" mode, "hostile/0": every entry is refused before). What is wrong with it is the `mode`:
 
 - ``honest``: nothing (the entry is well formed; its builder is not this build's, so it is
-  refused after the download, which is fine for these tests);
+  refused, before its pack is downloaded);
 - ``claim``: the pack's descriptor says 10 GiB; its blob is zeros under a 10 GiB Content-Length;
 - ``length``: the pack's descriptor is right, its answer says Content-Length 10 GiB (zeros);
 - ``bomb``: the pack's only member says `bomb_size` bytes (zeros: a few KB of zstd);
@@ -16,6 +19,7 @@ input: one file of `file_size` bytes, in one pack. What is wrong with it is the 
 - ``missing`` / ``bad-digest``: the pack's descriptor names a blob the registry lacks, or a
   digest that is not one;
 - ``fail``: every request answers 500.
+- ``ok`` (or any other name): nothing wrong, made by `builder`.
 
 `sent` counts the body bytes written per path and `hits` the requests per path, so a test can
 assert that reads stay bounded and that nothing is retried.
@@ -83,7 +87,12 @@ def honest_pack(name: str, data: bytes) -> bytes:
 
 class HostileRegistry:
     def __init__(self, mode: str = "honest", *, file_size: int = 9, bomb_size: int = 768 << 20,
-                 trickle: float = 2.0, delay: float = 1.0, challenge: str = ""):
+                 trickle: float = 2.0, delay: float = 1.0, challenge: str = "", builder: str | None = None):
+        if builder is None:
+            from lxclayer.builders import builder as builder_module
+
+            builder = "hostile/0" if mode == "honest" else f"import/{builder_module('import').VERSION}"
+        self.builder = builder
         self.mode, self.file_size, self.bomb_size = mode, file_size, bomb_size
         self.trickle, self.delay, self.challenge = trickle, delay, challenge
         self.blobs: dict[str, bytes] = {}
@@ -133,7 +142,7 @@ class HostileRegistry:
         raw = msgspec.msgpack.encode(entries)
         out = digest(entries)
         meta = msgspec.json.encode(LayerMeta(input=input_digest, output=out, kind="files",
-                                             builder="hostile/0"))
+                                             builder=self.builder))
         pack = bomb_pack(h, self.bomb_size) if self.mode == "bomb" else honest_pack(h, data)
         with self._lock:
             for b in (meta, raw, pack):

@@ -52,6 +52,45 @@ def _tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def _pack_gets(h) -> list[str]:
+    """The paths of the pack blobs the build asked the registry for (zstd frames)."""
+    return [p for p in h.hits if "/blobs/" in p and h.blobs.get(p.rsplit("/", 1)[1], b"")[:4] == b"\x28\xb5\x2f\xfd"]
+
+
+# --- refused before the bytes -------------------------------------------------------------------
+
+def test_an_entry_made_by_another_builder_is_refused_before_its_packs_are_downloaded(tmp_path, hostile):
+    """The builder is in the entry's metadata: every layer's entry is refused from it, in one
+    line each, and no pack is asked for (before, every pack was downloaded, then refused)."""
+    h = hostile("honest")  # well formed, made by hostile/0
+    r, _ = _build(tmp_path, h.url)
+    assert r.returncode == 0, r.stderr
+    lines = _cache_lines(r.stderr)
+    assert len(lines) == 3 and all("made by hostile/0" in line and "building it here" in line
+                                   for line in lines), r.stderr
+    assert any("/blobs/" in p for p in h.hits), "the metadata and manifest are read"
+    assert _pack_gets(h) == [], dict(h.hits)
+
+
+def test_under_locked_an_entry_whose_output_is_not_the_locks_is_refused_before_its_packs(tmp_path, hostile):
+    """Made by the right builder (the bottom layer's), consistent in itself, but not the lock's
+    output: refused from its metadata, no pack asked for, and the locked build is the lock's."""
+    proj = write_project(tmp_path / "proj")
+    r = run_cli("--project", str(proj), "--store", str(tmp_path / "first"), "build", "--format", "tar.gz")
+    assert r.returncode == 0, r.stderr
+    archive = proj / "dist" / "test-tpl_1.0-1_amd64.tar.gz"
+    made = archive.read_bytes()
+    archive.unlink()
+    h = hostile("ok")  # builder: import, as the `base` layer's
+    r, _ = _build(tmp_path, h.url, "--locked")
+    assert r.returncode == 0, r.stderr
+    lines = _cache_lines(r.stderr)
+    assert any("layer base refused: its output" in line and "is not the lock's" in line for line in lines), r.stderr
+    assert len(lines) == 3, r.stderr
+    assert _pack_gets(h) == [], dict(h.hits)
+    assert archive.read_bytes() == made
+
+
 # --- bounded reads ------------------------------------------------------------------------------
 
 def test_oversized_pack_is_refused_before_it_is_read_and_never_retried(tmp_path, hostile):

@@ -193,7 +193,7 @@ def push_poisoned(ref: str, auth: Path, input_digest: str, entries: list[Entry],
         meta = LayerMeta(input=input_digest, output=digest(entries), kind="files", builder="files/1", layer="extra")
         cache = RegistryCache(client_for(ref, auth_file=auth))
         try:
-            assert cache.push_layer(LayerEntry(meta, entries), s)
+            assert cache.push(LayerEntry(meta, entries), s)
         finally:
             cache.close()
     return meta.output

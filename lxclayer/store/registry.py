@@ -15,8 +15,10 @@ Everything is content addressed: blobs are sent only when the registry lacks the
 first), the manifest last, so a tag never names a missing blob, and two machines pushing the
 same entry both succeed with one copy kept. Pulled bytes are checked twice: the client checks
 each blob's sha256 while it streams, and every file is put into the store through its own
-xxh3 check before anything refers to it. Whether a pulled entry may be *used* (its output
-digest against the lock) is the caller's decision: see :mod:`lxclayer.cache`.
+xxh3 check before anything refers to it. `query` brings the entry's metadata and manifest
+only, `fetch` its packs: whether an entry may be *used* (its builder, its output digest against
+the lock) is the caller's decision (:mod:`lxclayer.cache`), made between the two, so that a
+refused entry costs no pack.
 
 Nothing pulled is larger than what its manifest accounts for: the metadata and the entry's
 manifest are read up to their descriptors' sizes; the packs together may not claim more than
@@ -35,7 +37,6 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -45,6 +46,7 @@ from ..manifest import Entry
 from ..registry import BlobUnknown, DigestMismatch, NotFound, RegistryClient, oci
 from .base import Store
 from .model import LayerEntry, LayerMeta
+from .substituter import Offer, Pulled, Substituter
 
 LAYER_TYPE = "application/vnd.lxclayer.layer.v1"
 META_TYPE = "application/vnd.lxclayer.layer.meta.v1+json"
@@ -77,20 +79,8 @@ def outputs_tag(key: str) -> str:
     return f"out-{key}"
 
 
-@dataclass
-class Pulled:
-    """A layer entry fetched from the cache: its metadata and manifest (not yet trusted or
-    published: the caller checks the output digest), its file contents already in the store."""
-
-    meta: LayerMeta
-    entries: list[Entry]
-    claimed_output: str  # what the cache's annotation says
-    blobs: int  # files put into the store
-    bytes: int  # bytes downloaded
-
-
-class RegistryCache:
-    """Layer entries and output caches in one registry repository."""
+class RegistryCache(Substituter):
+    """Layer entries and output caches in one registry repository: a :class:`Substituter`."""
 
     def __init__(self, client: RegistryClient):
         self.client = client
@@ -101,8 +91,8 @@ class RegistryCache:
 
     # --- what is there ----------------------------------------------------------------------
 
-    def tags(self) -> set[str]:
-        return set(self.client.tags())
+    def held(self) -> set[str]:
+        return {t.removeprefix("layer-") for t in self.client.tags() if t.startswith("layer-")}
 
     def _manifest(self, tag: str) -> oci.Manifest | None:
         """The image manifest under `tag` (verified by the client), None when absent."""
@@ -122,10 +112,9 @@ class RegistryCache:
 
     # --- layer entries ----------------------------------------------------------------------
 
-    def fetch_layer(self, input_digest: str, store: Store) -> Pulled | None:
-        """Pull the entry for `input_digest` into `store`'s blob area; None when the cache has
-        none. Raises RegistryError (unavailable, refused bytes) and StoreCorruption (a pack
-        whose contents do not match their names)."""
+    def query(self, input_digest: str) -> Offer | None:
+        """The entry for `input_digest`: its OCI manifest, metadata and entry manifest, none of
+        its packs. None when the cache has none."""
         m = self._manifest(layer_tag(input_digest))
         if m is None:
             return None
@@ -147,16 +136,24 @@ class RegistryCache:
             entries = _manifest_dec.decode(self.client.fetch_blob(m.layers[0].digest, limit=m.layers[0].size))
         except msgspec.DecodeError:
             raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: manifest does not decode") from None
-        wanted = {e.hash: e.size for e in entries if e.type == "file" and e.hash}
+        claimed = (m.annotations or {}).get(OUTPUT, meta.output)
+        return Offer(meta=meta, entries=entries, claimed_output=claimed, source=m.layers[1:])
+
+    def fetch(self, offer: Offer, store: Store) -> Pulled:
+        """The offer's packs, those holding files `store` lacks, unpacked into its blob area.
+        Raises RegistryError (unavailable, refused bytes) and StoreCorruption (a pack whose
+        contents do not match their names)."""
+        tag = layer_tag(offer.meta.input)
+        wanted = {e.hash: e.size for e in offer.entries if e.type == "file" and e.hash}
         missing = {h for h in wanted if not store.has_blob(h)}
         blobs = 0
         size = 0
         if missing:
-            packs = m.layers[1:]
+            packs: list[oci.Descriptor] = offer.source
             tar_max = tar_bound(wanted.values(), len(packs))
             claimed, bound = sum(d.size for d in packs), pack_bound(tar_max, len(packs))
             if claimed > bound or any(d.size < 0 for d in packs):
-                raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)}: its packs claim {claimed} "
+                raise DigestMismatch(f"{self.where}: {tag}: its packs claim {claimed} "
                                      f"bytes, the files its manifest names take at most {bound}")
             with store.staging("pull") as tmp:
                 paths = self.client.pull_blobs(
@@ -167,12 +164,12 @@ class RegistryCache:
                         blobs += n
             still = [h for h in missing if not store.has_blob(h)]
             if still:
-                raise DigestMismatch(f"{self.where}: {layer_tag(input_digest)} lacks {len(still)} file(s) "
+                raise DigestMismatch(f"{self.where}: {tag} lacks {len(still)} file(s) "
                                      "its manifest names")
-        claimed = (m.annotations or {}).get(OUTPUT, meta.output)
-        return Pulled(meta=meta, entries=entries, claimed_output=claimed, blobs=blobs, bytes=size)
+        return Pulled(meta=offer.meta, entries=offer.entries, claimed_output=offer.claimed_output,
+                      blobs=blobs, bytes=size)
 
-    def push_layer(self, entry: LayerEntry, store: Store) -> bool:
+    def push(self, entry: LayerEntry, store: Store) -> bool:
         """Upload one entry (only what the registry lacks). False when it was there already."""
         tag = layer_tag(entry.input)
         if self.client.manifest_digest(tag) is not None:
