@@ -20,18 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from . import hermetic, outputs, snapshots
 from .builders import builder
 from .builders.base import Context
 from .definitions import Layer, Project, rel
 from .errors import BuildError, LockError, StoreCorruption
-from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
+from .evaluate import Evaluator, Mode, builder_id
 from .fsio import remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import toml as locktoml
-from .lock.model import LOCK_VERSION, Artifact, LockedArchive, LockedLayer, LockedTemplate, Lockfile
+from .lock.assemble import assemble_lock, stamp_resolved_at
+from .lock.model import Lockfile
 from .manifest import merge
 from .outputs import ArchiveInfo, ExportJob
 from .outputs.provenance import git_source, write_provenance
@@ -299,63 +298,6 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
     return entry, p
 
 
-def _lock_from(project: Project, entries: list[LayerEntry], archives: list[ArchiveInfo],
-               old: Lockfile | None) -> Lockfile:
-    layers: dict[str, LockedLayer] = {}
-    for layer, entry in zip(project.layers, entries, strict=True):
-        rec = entry.meta.record
-        layers[layer.name] = LockedLayer(
-            kind=layer.kind, builder=entry.meta.builder, settings=rec["settings"], input=entry.input,
-            output=entry.output, parents=rec.get("parents") is not None,
-            sources=dict(sorted(rec.get("sources", {}).items())),
-            resolved=dict(sorted(rec.get("resolved", {}).items())),
-            # the store records artifacts in its own type: the lock's have the same fields
-            artifacts={g: {n: msgspec.convert(x, Artifact, from_attributes=True) for n, x in sorted(a.items())}
-                       for g, a in sorted(entry.meta.artifacts.items())},
-        )
-    t = project.template
-    # Formats built now, plus those of the old lock that were not built this time, as long as
-    # the stack is unchanged (`build --format tar.zst` must not drop the lock's tar.gz).
-    archives_map = {a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size, image=a.image)
-                    for a in archives}
-    compressors = {a.format: outputs.exporter(a.format).compressor() for a in archives}
-    if old is not None and [la.output for la in old.layers.values()] == [la.output for la in layers.values()]:
-        for fmt, arch in old.template.archives.items():
-            if (fmt not in archives_map and fmt in outputs.FORMATS
-                    and old.template.compressor.get(fmt) == outputs.exporter(fmt).compressor()):
-                archives_map[fmt] = arch
-                compressors[fmt] = old.template.compressor[fmt]
-    archives_map = dict(sorted(archives_map.items()))
-    compressors = dict(sorted(compressors.items()))
-    return Lockfile(
-        lock_version=LOCK_VERSION,
-        template=LockedTemplate(
-            name=t.name, version=t.version, release=t.release, arch=t.arch,
-            source_date_epoch=t.source_date_epoch, definition=template_definition_digest(project),
-            archives=archives_map,
-            compressor=compressors,
-        ),
-        layers=layers,
-    )
-
-
-def _stamped(new: Lockfile, old: Lockfile | None) -> Lockfile:
-    """`new` with each layer's `resolved_at`: the old lock's where the pins are the old ones,
-    now where they were resolved in this run; none for a layer that fetches nothing (no pins,
-    or only a tarball beside its layer.toml)."""
-    from .artifacts import fetched, now_resolved_at
-
-    for name, la in new.layers.items():
-        prev = old.layers.get(name) if old is not None else None
-        if not any(fetched(a) for group in la.artifacts.values() for a in group.values()):
-            la.resolved_at = ""
-        elif prev is not None and prev.artifacts == la.artifacts:
-            la.resolved_at = prev.resolved_at  # (a lock from before resolved_at: not known)
-        else:
-            la.resolved_at = now_resolved_at()
-    return new
-
-
 def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: bool = False,
           formats: list[str] | None = None, out_dir: Path | None = None, write_lock: bool = True,
           jobs: int | None = None, events: Events | None = None,
@@ -403,7 +345,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                     plans.append(p)
                     events.layer_done(p)
                 tree = _checked_tree(entries, project.template.source_date_epoch)
-                stack_lock = _lock_from(project, entries, [], None)
+                stack_lock = assemble_lock(project, entries, [], None)
                 pulled: dict[str, list[str]] = {}
                 if shared is not None and (any(p.state != "cached" for p in plans) or not all(
                         (out_dir / outputs.exporter(f).filename(project.template)).exists() for f in formats)):
@@ -436,7 +378,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 shared.upload_outputs(outputs.cache_key(stack_lock, fmt),
                                       lambda fmt=fmt: outputs.kept(store, fmt, stack_lock, entries), store)
         wrote = False
-        new = _stamped(_lock_from(project, entries, archives, lock), lock)
+        new = stamp_resolved_at(assemble_lock(project, entries, archives, lock), lock)
         if write_lock and mode is Mode.NORMAL:
             if lock is None or locktoml.dumps(new) != locktoml.dumps(lock):
                 locktoml.write(lock_path, new)
