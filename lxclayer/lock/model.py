@@ -1,9 +1,12 @@
 """The lockfile's data: every fact that pins a template, as typed structs."""
 
+from typing import Annotated
+
 import msgspec
 
 LOCK_VERSION = 1
 EMPTY_DIR = "dir"  # the value of an empty folder in a layer's `sources`
+Count = Annotated[int, msgspec.Meta(ge=0)]  # sizes, releases, times: a lock never holds a negative one
 
 
 class Artifact(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -14,7 +17,7 @@ class Artifact(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, fo
     arch: str = ""
     sha256: str
     source: str = ""  # where it came from: a URL or an archive pool path
-    size: int = 0
+    size: Count = 0
 
 
 class LockedLayer(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -41,7 +44,7 @@ class LockedLayer(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkno
 class LockedArchive(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     file: str
     sha256: str
-    size: int
+    size: Count
     # An image format's content address: the OCI image manifest's digest, which a registry
     # pull, `skopeo inspect` and PVE's storage show ("" for plain archives).
     image: str = ""
@@ -50,9 +53,9 @@ class LockedArchive(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unk
 class LockedTemplate(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     name: str
     version: str
-    release: int
+    release: Count
     arch: str
-    source_date_epoch: int
+    source_date_epoch: Count
     definition: str  # digest of the template definition (name, version, layers, checks...)
     # Per output format ("tar.gz", "tar.zst"): the archive's file name, sha256 and size.
     archives: dict[str, LockedArchive] = {}

@@ -1,8 +1,9 @@
 """Read and write the lockfile as TOML: deterministic, one fact per line, `git diff`-friendly.
 
-Reading uses the standard library's `tomllib` and then checks every key against the model
-itself (rather than through msgspec's errors) so that a message names the exact key, e.g.
-``locks/x.lock: key layers.base-os.artifacts.packages.libc6.sha256: expected a string``.
+Reading uses the standard library's `tomllib` and then `msgspec.convert` into the model; its
+error is turned into the exact key (a table's key found by walking the data) and a reason in
+words, e.g. ``locks/x.lock: key layers.base-os.artifacts.packages.libc6.sha256: expected a
+string, got an integer``.
 Writing uses a small emitter for the few TOML forms the lockfile needs.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import LockError
+from ..errors import LockError, msgspec_key
 from ..fsio import read_regular
 from .model import LOCK_VERSION, Artifact, Lockfile
 
@@ -151,30 +152,12 @@ def _dotted(path: tuple[str, ...]) -> str:
     return ".".join(key(p) for p in path)
 
 
-def _type_name(tp: Any) -> str:
-    if tp is str:
-        return "a string"
-    if tp is int:
-        return "an integer"
-    if tp is bool:
-        return "true or false"
-    if typing.get_origin(tp) is list:
-        return "a list of strings"
-    return "a table"
-
-
-def _got(v: Any) -> str:
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int):
-        return "an integer"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, dict):
-        return "a table"
-    return type(v).__name__
+_EXPECTED = {"str": "a string", "int": "an integer", "bool": "true or false", "object": "a table",
+             "array": "a list"}
+_GOT = {"str": "a string", "int": "an integer", "bool": "a boolean", "float": "a float", "object": "a table",
+        "array": "an array", "null": "nothing"}
+_TYPE_ERROR = re.compile(r"Expected `(\w+)`, got `(\w+)`$")
+_SEGMENT = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_]*)|\[(\d+|\.\.\.)\]")
 
 
 class _Bad(Exception):
@@ -183,45 +166,71 @@ class _Bad(Exception):
         self.reason = reason
 
 
+def _got(v: Any) -> str:
+    """What a TOML value is, in words."""
+    kind = {bool: "bool", int: "int", str: "str", list: "array", dict: "object"}.get(type(v), type(v).__name__)
+    return _GOT.get(kind, kind)
+
+
 def _convert(v: Any, tp: Any, path: tuple[str, ...]) -> Any:
-    """Check `v` against the type `tp` of the model, naming the key of the first problem."""
-    origin = typing.get_origin(tp)
-    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-        return _struct(v, tp, path)
-    if origin is dict:
-        if not isinstance(v, dict):
-            raise _Bad(path, f"expected a table, got {_got(v)}")
-        _, vt = typing.get_args(tp)
-        return {k: _convert(x, vt, (*path, k)) for k, x in v.items()}
-    if origin is list:
-        (it,) = typing.get_args(tp)
-        if not isinstance(v, list):
-            raise _Bad(path, f"expected a list, got {_got(v)}")
-        return [_convert(x, it, (*path, str(i))) for i, x in enumerate(v)]
-    ok = isinstance(v, tp) and (tp is bool or not isinstance(v, bool))
-    if not ok:
-        raise _Bad(path, f"expected {_type_name(tp)}, got {_got(v)}")
-    if tp is int and v < 0:
-        raise _Bad(path, "expected a number of at least 0")
-    return v
+    """`v` as the model's type `tp` (msgspec.convert); _Bad naming the key of the first problem."""
+    try:
+        return msgspec.convert(v, tp)
+    except msgspec.ValidationError as e:
+        key, reason = msgspec_key(e)
+        where, parent = _where(v, tp, key or "")
+        if reason.startswith("unknown key"):
+            fields = msgspec.structs.fields(parent) if _is_struct(parent) else ()
+            reason = f"unknown key (known here: {', '.join(f.name for f in fields)})"
+        elif m := _TYPE_ERROR.match(reason):
+            want, got = m.groups()
+            reason = f"expected {_EXPECTED.get(want, want)}, got {_GOT.get(got, got)}"
+        elif reason.startswith("Expected `int` >= 0"):
+            reason = "expected a number of at least 0"
+        raise _Bad((*path, *where), reason) from None
 
 
-def _struct(v: Any, tp: type[msgspec.Struct], path: tuple[str, ...]) -> msgspec.Struct:
-    if not isinstance(v, dict):
-        raise _Bad(path, f"expected a table, got {_got(v)}")
-    hints = typing.get_type_hints(tp)
-    fields = {f.name: f for f in msgspec.structs.fields(tp)}
-    for k in v:
-        if k not in fields:
-            known = ", ".join(fields)
-            raise _Bad((*path, k), f"unknown key (known here: {known})")
-    args: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name in v:
-            args[name] = _convert(v[name], hints[name], (*path, name))
-        elif f.required:
-            raise _Bad((*path, name), "required key is missing")
-    return tp(**args)
+def _where(data: Any, tp: Any, key: str) -> tuple[tuple[str, ...], Any]:
+    """msgspec's key (`layers[...].artifacts[...][...].sha256`) as a path in `data`, each `[...]`
+    the first table key whose value does not convert; and the type holding the last key."""
+    path: list[str] = []
+    parent = tp
+    pos = 0
+    while (m := _SEGMENT.match(key, pos)) is not None and m.end() > pos:
+        pos = m.end()
+        name, index = m.groups()
+        parent = tp
+        if name is not None:
+            path.append(name)
+            hints = typing.get_type_hints(tp) if _is_struct(tp) else {}
+            data, tp = (data.get(name) if isinstance(data, dict) else None), hints.get(name)
+        elif index != "...":
+            path.append(index)
+            args = typing.get_args(tp)
+            data = data[int(index)] if isinstance(data, list) and int(index) < len(data) else None
+            tp = args[0] if args else None
+        else:
+            args = typing.get_args(tp)
+            if not isinstance(data, dict) or len(args) != 2:
+                break
+            bad = next((k for k, x in data.items() if not _converts(x, args[1])), None)
+            if bad is None:
+                break
+            path.append(bad)
+            data, tp = data[bad], args[1]
+    return tuple(path), parent
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def _converts(v: Any, tp: Any) -> bool:
+    try:
+        msgspec.convert(v, tp)
+        return True
+    except msgspec.ValidationError:
+        return False
 
 
 def loads(text: str, *, file: str) -> Lockfile:
@@ -271,7 +280,7 @@ def _lockfile(data: dict[str, Any]) -> Lockfile:
         if name not in seen:
             raise _Bad(("layers", name), "this layer is not named in template.layers")
     doc = {**data, "template": template, "layers": {n: layers[n] for n in order}}
-    lock = _struct(doc, Lockfile, ())
+    lock = _convert(doc, Lockfile, ())
     assert isinstance(lock, Lockfile)
     return lock
 
