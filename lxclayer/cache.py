@@ -152,8 +152,9 @@ class Cache:
         the cache has none, is unavailable, or its entry is refused (said in one line).
 
         What can be refused from the entry's metadata and manifest (its output digest, its
-        builder, under `--locked` the lock's output) is refused before any of its files is
-        downloaded; the files are checked as they come, and the whole entry by the gate."""
+        builder, under `--locked` the lock's output, then the entry gate) is refused before any
+        of its files is downloaded; the files are checked as they come (each against its name
+        and the size the manifest gives it)."""
         backend = self.backend()
         if backend is None:
             return None
@@ -161,7 +162,7 @@ class Cache:
             offer = backend.query(input_digest)
             if offer is None:
                 return None
-            why = self._refusal(offer, builder, want_output)
+            why = self._refusal(offer, builder, want_output, store)
             if why:
                 self._refuse(layer, why)
                 return None
@@ -172,18 +173,11 @@ class Cache:
         except RegistryError as e:  # refused bytes, a blob it names but lacks, a malformed digest
             self._refuse(layer, e.message())
             return None
-        # Self-consistent is not safe: the store's entry gate decides (publish asks it again).
-        from .entrycheck import check_entries
-
-        verdict = check_entries(pulled.entries, blob_size=store.blob_size)
-        if not verdict.ok:
-            self._refuse(layer, f"unsafe entry: {verdict.reason()}")
-            return None
         self.stats.pulled.append(layer)
         return pulled
 
     @staticmethod
-    def _refusal(offer: Offer, builder: str, want_output: str | None) -> str:
+    def _refusal(offer: Offer, builder: str, want_output: str | None, store: Store) -> str:
         """Why an offered entry cannot be used, from its metadata and manifest alone ("" if it may be)."""
         output = digest(offer.entries)
         if output != offer.claimed_output or output != offer.meta.output:
@@ -192,7 +186,18 @@ class Cache:
             return f"it was made by {offer.meta.builder}, this build uses {builder}"
         if want_output is not None and output != want_output:
             return f"its output {output[:12]} is not the lock's {want_output[:12]}"
-        return ""
+        # Self-consistent is not safe: the store's entry gate decides (publish asks it again).
+        # A file not yet here is taken at the size the manifest gives it: fetch refuses any other.
+        from .entrycheck import check_entries
+
+        declared = {e.hash: e.size for e in offer.entries if e.type == "file" and e.hash}
+
+        def size(h: str) -> int | None:
+            have = store.blob_size(h)
+            return declared.get(h) if have is None else have
+
+        verdict = check_entries(offer.entries, blob_size=size)
+        return "" if verdict.ok else f"unsafe entry: {verdict.reason()}"
 
     def _refuse(self, layer: str, why: str) -> None:
         self.stats.refused.append(layer)
