@@ -19,6 +19,7 @@ layer's entry is downloaded (and what is wrong with it met) while the others are
 - ``missing`` / ``bad-digest``: the pack's descriptor names a blob the registry lacks, or a
   digest that is not one;
 - ``fail``: every request answers 500.
+- ``unsafe``: the entry's one file is `../../etc/hostile` (the entry gate refuses it);
 - ``ok`` (or any other name): nothing wrong, made by `builder`.
 
 `sent` counts the body bytes written per path and `hits` the requests per path, so a test can
@@ -139,6 +140,8 @@ class HostileRegistry:
         h = xxhash.xxh3_128_hexdigest(data)
         entries = [Entry(path="etc", type="dir", mode=0o755),
                    Entry(path="etc/hostile", type="file", mode=0o644, size=len(data), hash=h)]
+        if self.mode == "unsafe":  # consistent in itself, but it leaves the root
+            entries = [Entry(path="../../etc/hostile", type="file", mode=0o644, size=len(data), hash=h)]
         raw = msgspec.msgpack.encode(entries)
         out = digest(entries)
         meta = msgspec.json.encode(LayerMeta(input=input_digest, output=out, kind="files",

@@ -3,7 +3,8 @@
 - only the store (lxclayer/store/) names paths under the store's root: every other module
   reaches the store's areas through the `Store` interface;
 - no module uses another lxclayer module's private names (`from .x import _y`, or `x._y` on an
-  imported module): what crosses a module's edge is public.
+  imported module): what crosses a module's edge is public;
+- the store (lxclayer/store/) imports nothing of the lockfile (lxclayer/lock/), at any level.
 """
 
 from __future__ import annotations
@@ -86,6 +87,26 @@ def test_no_module_uses_another_modules_private_names():
     assert offenders == []
 
 
+def imported(mod: str, f: Path) -> set[str]:
+    """Every lxclayer module `f` imports, at module level or inside a function."""
+    out = set()
+    for node in ast.walk(ast.parse(f.read_text(), str(f))):
+        if isinstance(node, ast.ImportFrom):
+            src = resolve(mod, f, node)
+            if src is not None:
+                out |= {src, *(f"{src}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("lxclayer")}
+    return out
+
+
+def test_the_store_imports_nothing_of_the_lockfile():
+    offenders = sorted(f"{mod}: {name}" for mod, f in modules().items()
+                       if mod == "lxclayer.store" or mod.startswith("lxclayer.store.")
+                       for name in imported(mod, f) if name == "lxclayer.lock" or name.startswith("lxclayer.lock."))
+    assert offenders == []
+
+
 def test_the_checks_catch_what_they_look_for(tmp_path):
     """Both checks see the forms they forbid (so that an empty list above means something)."""
     f = tmp_path / "m.py"
@@ -98,3 +119,6 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     assert STORE_ROOT.search('d = store.root / "tmp"') and STORE_ROOT.search("p = store_root / 'x'")
     assert STORE_ROOT.search('return Path(store_root) / "logs"')
     assert not STORE_ROOT.search("for root in store.roots():")
+    g = tmp_path / "s.py"
+    g.write_text("def f():\n    from ..lock.model import Artifact\n")
+    assert "lxclayer.lock.model" in imported("lxclayer.store.s", g)

@@ -72,6 +72,17 @@ def test_an_entry_made_by_another_builder_is_refused_before_its_packs_are_downlo
     assert _pack_gets(h) == [], dict(h.hits)
 
 
+def test_an_entry_the_gate_refuses_is_refused_before_its_packs_are_downloaded(tmp_path, hostile):
+    """Made by the right builder (the bottom layer's), consistent in itself, naming a path that
+    leaves the root: the entry gate refuses it from its manifest, and no pack is asked for."""
+    h = hostile("unsafe")
+    r, _ = _build(tmp_path, h.url)
+    assert r.returncode == 0, r.stderr
+    lines = _cache_lines(r.stderr)
+    assert any("layer base refused: unsafe entry: '../../etc/hostile'" in line for line in lines), r.stderr
+    assert _pack_gets(h) == [], dict(h.hits)
+
+
 def test_under_locked_an_entry_whose_output_is_not_the_locks_is_refused_before_its_packs(tmp_path, hostile):
     """Made by the right builder (the bottom layer's), consistent in itself, but not the lock's
     output: refused from its metadata, no pack asked for, and the locked build is the lock's."""
