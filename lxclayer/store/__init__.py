@@ -1,5 +1,5 @@
 """The store: an interface (:mod:`.base`, its types in :mod:`.model`) and the local store
-(:mod:`.local`).
+(:mod:`.local`); remote caches that fill it (:mod:`.substituter`, :mod:`.registry`).
 
 `Store(root)` opens the local store; code that needs a store takes a `Store`.
 """

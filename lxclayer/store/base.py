@@ -2,9 +2,8 @@
 
 Everything else is the store's own business: its layout, its temporary files, how it seals and
 checks what it holds, how it evicts damage and what gc removes. The local store
-(:mod:`lxclayer.store.local`) is one implementation; a remote cache in front of it (a
-substituter, as Nix calls it) is another module implementing the same methods, usually by
-delegating to a local store and filling it from elsewhere.
+(:mod:`lxclayer.store.local`) is one implementation. A remote cache is not a store but a
+substituter (:mod:`lxclayer.store.substituter`): it fills a local store from elsewhere.
 
 `Store(root)` opens the local store at `root` (the default when none is named), as Nix's
 `openStore()` does: code that only needs *a* store never names the implementation.
