@@ -15,9 +15,9 @@ from pathlib import Path
 import click
 import msgspec
 
-from .errors import UserError
-from .outputs import FORMATS
-from .progress import MODES, Printer
+from ..errors import UserError
+from ..outputs import FORMATS
+from ..progress import MODES, Printer
 
 
 def _human_size(n: float) -> str:
@@ -29,7 +29,7 @@ def _human_size(n: float) -> str:
 
 
 def _project(ctx: click.Context):
-    from .definitions import load_project
+    from ..definitions import load_project
 
     o = ctx.obj
     for given in (o.get("template_name"), o["template"]):
@@ -75,7 +75,7 @@ def per_template(f):
 
 
 def _store(ctx: click.Context):
-    from .store import Store
+    from ..store import Store
 
     return Store(ctx.obj["store"])
 
@@ -107,11 +107,11 @@ def _cache(project, printer, cache_url, cache_mode, cache_auth, cache_ca, cache_
     only then: a no-op build stays fast)."""
     import os
 
-    from .settings import load as load_settings
+    from ..settings import load as load_settings
 
     if not (cache_url or os.environ.get("LXCLAYER_CACHE") or load_settings(project.root).cache.url):
         return None
-    from .cache import Cache, settings
+    from ..cache import Cache, settings
 
     s = settings(project.root, url=cache_url, mode=cache_mode, auth_file=cache_auth, ca_file=cache_ca,
                  insecure=cache_insecure)
@@ -167,7 +167,7 @@ def progress_options(f):
 def _printer(ctx: click.Context, project, *, quiet: bool = False) -> Printer:
     """The events object of a build run by a command with `progress_options`: its console
     renders as `--progress` says and logs to `--log` or STORE/logs/."""
-    from .progress import Console, Reporter, log_path
+    from ..progress import Console, Reporter, log_path
 
     mode, verbose, log_file = ctx.obj.get("progress", ("auto", False, None))
     if quiet and mode == "auto":
@@ -201,7 +201,7 @@ def cli(ctx: click.Context, project: Path | None, template: Path | None, store: 
 
 
 def _mode(locked: bool, frozen: bool):
-    from .build import Mode
+    from ..build import Mode
 
     if locked and frozen:
         raise click.UsageError("--locked and --frozen exclude each other")
@@ -270,7 +270,7 @@ def build(ctx, locked, frozen, offline, formats, out, jobs, as_json, snaps, **ca
       lxclayer build --locked
       lxclayer build --format tar.zst --store /var/cache/lxclayer
     """
-    from . import build as b
+    from .. import build as b
 
     project = _project(ctx)
     printer = _printer(ctx, project, quiet=as_json)
@@ -301,8 +301,8 @@ def plan(ctx, as_json) -> None:
       lxclayer plan
       lxclayer plan --json | jq '.[] | select(.state == "build")'
     """
-    from . import build as b
-    from .lock import toml as locktoml
+    from .. import build as b
+    from ..lock import toml as locktoml
 
     project = _project(ctx)
     store = _store(ctx)
@@ -345,7 +345,7 @@ def lock(ctx, upgrade, upgrade_layers, security_only, offline, snaps, **cache_op
     """
     if ctx.invoked_subcommand is not None:
         return
-    from . import build as b
+    from .. import build as b
 
     project = _project(ctx)
     store = _store(ctx)
@@ -355,7 +355,7 @@ def lock(ctx, upgrade, upgrade_layers, security_only, offline, snaps, **cache_op
         raise click.UsageError("--security-only reads the -security indices; it cannot run with --offline")
     repin = None
     if upgrade_layers or security_only:
-        from .upgrade import check_layers, pins_for
+        from ..upgrade import check_layers, pins_for
 
         check_layers(project, list(upgrade_layers))  # bad input: refused before anything runs
         repin = lambda lk: pins_for(project, lk, layers=list(upgrade_layers), security_only=security_only)  # noqa: E731
@@ -394,7 +394,7 @@ def lock_diff(ctx, old, new, fmt, git_args, rest) -> None:
       lxclayer lock diff main HEAD --format markdown
       git config diff.lxclayer-lock.command 'lxclayer lock diff --git'
     """
-    from .lock import diff as d
+    from ..lock import diff as d
 
     if git_args:
         click.echo(d.git_external([a for a in (old, new, *rest) if a is not None]), nl=False)
@@ -427,8 +427,8 @@ def outdated(ctx, template_name, all_templates, security, as_json, offline) -> N
       lxclayer outdated --all
       lxclayer outdated --security --json    # a CI gate: exit 1 when a security fix is out
     """
-    from . import outdated as od
-    from .errors import BuildError
+    from .. import outdated as od
+    from ..errors import BuildError
 
     if offline:
         raise UserError("outdated reads the sources' current indices; it cannot run with --offline")
@@ -475,10 +475,10 @@ def check(archive, as_json, key_file, pgp_cert) -> None:
       lxclayer check channel/debian-13-stock-analysis_1.0.0-1_amd64.tar.gz --pgp-cert channel.cert
       lxclayer check registry.example.com/templates/stock-analysis:1.0.0-1 --key release.pub
     """
-    from .outputs import check as check_output
+    from ..outputs import check as check_output
 
     if key_file or pgp_cert:
-        from .trust import verify
+        from ..trust import verify
 
         bad_sig = _check_signatures(verify, archive, key_file, pgp_cert)
         if not archive.is_file() or not archive.name.endswith((*verify.ARCHIVE_SUFFIXES, ".tar.xz")):
@@ -498,7 +498,7 @@ def check(archive, as_json, key_file, pgp_cert) -> None:
 
 def _check_signatures(verify, archive: Path, key_file, pgp_cert) -> bool:
     """Print one line per signature check (on stderr); True when any failed."""
-    from .trust import keys
+    from ..trust import keys
 
     verdicts = []
     key = keys.load_public(key_file) if key_file else None
@@ -529,11 +529,11 @@ def gc(ctx, dry_run) -> None:
     Example:
       lxclayer gc --dry-run
     """
-    from .gc import collect
+    from ..gc import collect
 
     project_root = ctx.obj["project"]
     if project_root is None:
-        from .definitions import find_project
+        from ..definitions import find_project
 
         project_root = find_project()
     locks_dir = Path(project_root) / "locks"
@@ -577,8 +577,8 @@ def verify(ctx, rebuild, repair, layers, **cache_opts) -> None:
       lxclayer verify --repair
       lxclayer verify --rebuild postgresql
     """
-    from .verify import repair as run_repair
-    from .verify import scan_store, verify_rebuild, verify_store
+    from ..verify import repair as run_repair
+    from ..verify import scan_store, verify_rebuild, verify_store
 
     project = _project(ctx)
     store = _store(ctx)
@@ -632,8 +632,8 @@ def _report_damage(checked, ok_word: str | None, hint: bool = True) -> int:
 def _verify_cache(project, cache, layers: list[str]) -> int:
     """Per locked layer, what the cache's entry claims against the lock (a poisoned or stale
     entry would be refused by a --locked build; this names it before one runs)."""
-    from .cache import status
-    from .lock import toml as locktoml
+    from ..cache import status
+    from ..lock import toml as locktoml
 
     lock = locktoml.read(project.lock_file)
     if lock is None:
@@ -701,7 +701,7 @@ def push(ctx, reference, auth_file, ca_file, insecure, sign_key, sign_passphrase
       skopeo copy docker://registry.example.com/templates/stock-analysis@sha256:... \\
           oci-archive:/var/lib/vz/template/cache/stock-analysis.tar
     """
-    from .push import push as run_push
+    from ..push import push as run_push
 
     project = _project(ctx)
     res = run_push(project, _store(ctx), reference, auth_file=auth_file, ca_file=ca_file,
@@ -741,9 +741,9 @@ def publish(ctx, folder, pgp_key, names, all_templates, maintainer, infopage) ->
       lxclayer publish /srv/www/templates --all --pgp-key ~/.config/lxclayer/channel.pgp
       sqv --keyring channel.cert /srv/www/templates/SHA512SUMS.asc /srv/www/templates/SHA512SUMS
     """
-    from .definitions import load_project
-    from .publish import DEFAULT_INFOPAGE, DEFAULT_MAINTAINER
-    from .publish import publish as run_publish
+    from ..definitions import load_project
+    from ..publish import DEFAULT_INFOPAGE, DEFAULT_MAINTAINER
+    from ..publish import publish as run_publish
 
     if names and all_templates:
         raise click.UsageError("--template and --all exclude each other")
@@ -775,7 +775,7 @@ def key_generate(path, passphrase_file) -> None:
       lxclayer key generate ~/.config/lxclayer/release.key
       lxclayer push registry.example.com/templates/stock-analysis --sign-key ~/.config/lxclayer/release.key
     """
-    from .trust import keys
+    from ..trust import keys
 
     private, public = keys.generate(path, passphrase_file)
     click.echo(f"wrote {private} (private, 0600) and {public} (public)")
@@ -789,7 +789,7 @@ def cache_group() -> None:
 def _cache_locks(ctx, all_roots: bool):
     """(name, lockfile) pairs: every lock in the project's locks/, or with --all every live GC
     root's (every project that builds into this store)."""
-    from .lock import toml as locktoml
+    from ..lock import toml as locktoml
 
     project = _project(ctx)
     found = []
@@ -834,7 +834,7 @@ def cache_push(ctx, all_roots, artifacts_too, **cache_opts) -> None:
       lxclayer cache push --cache oci://registry.example.com/team/lxclayer-cache
       lxclayer cache push --artifacts   # and the pinned .debs and wheels (docs/cache.md)
     """
-    from .cache import push_lock
+    from ..cache import push_lock
 
     project, locks = _cache_locks(ctx, all_roots)
     printer = Printer()
@@ -861,8 +861,8 @@ def cache_push(ctx, all_roots, artifacts_too, **cache_opts) -> None:
 def _push_artifacts(cache, locks, store) -> int:
     """Push every lock's pinned .debs and wheels; the number of locks whose pins the store
     does not all hold."""
-    from .artifacts import push_artifacts
-    from .registry import RegistryError, client_for
+    from ..artifacts import push_artifacts
+    from ..registry import RegistryError, client_for
 
     st = cache.settings
     incomplete = 0
@@ -890,7 +890,7 @@ def _push_artifacts(cache, locks, store) -> int:
 @click.pass_context
 def cache_ls(ctx, all_roots, **cache_opts) -> None:
     """Show which layers of each template (each lock in locks/) the cache has."""
-    from .cache import status
+    from ..cache import status
 
     project, locks = _cache_locks(ctx, all_roots)
     cache = _required_cache(project, Printer(), cache_opts)
@@ -926,12 +926,12 @@ def boot_test(ctx, archive, timeout, no_reboot, no_network, as_json) -> None:
       lxclayer build --locked && lxclayer boot-test
       lxclayer boot-test dist/debian-12-stock-analysis_1.0.0-1_amd64.tar.gz --json
     """
-    from .boottest.run import boot_test as run_boot_test
+    from ..boottest.run import boot_test as run_boot_test
 
     project = _project(ctx)
     tpl = project.template
     if archive is None:
-        from .outputs import exporter
+        from ..outputs import exporter
 
         archive = project.root / "dist" / exporter(tpl.formats[0]).filename(tpl)
         if not archive.exists():
