@@ -71,7 +71,7 @@ def check_file_key(path: Path, key: PublicKey) -> Verdict:
     if sha in digests:
         return Verdict(True, f"sha256 {sha} is a subject of {env_path.name}, signed by the key")
     if path.name.endswith(".tar"):
-        from ..outputs.oci import read_layout
+        from ..oci.layout import read_layout
 
         image = read_layout(path).manifest_digest
         if image.removeprefix("sha256:") in digests:
