@@ -9,8 +9,7 @@ import click
 import msgspec
 
 from ..errors import UserError
-from ..progress import Printer
-from .options import per_template, project_of
+from .options import per_template, printer_for, progress_options, project_of
 
 
 @click.command()
@@ -80,6 +79,7 @@ def _check_signatures(verify, archive: Path, key_file, pgp_cert) -> bool:
 @click.option("--no-network", is_flag=True, help="Loopback only: no veth, bridge or DHCP.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @per_template
+@progress_options
 @click.pass_context
 def boot_test(ctx, archive, timeout, no_reboot, no_network, as_json) -> None:
     """Boot a template the way `pct create` and Proxmox would, and run the template's checks.
@@ -104,10 +104,9 @@ def boot_test(ctx, archive, timeout, no_reboot, no_network, as_json) -> None:
         archive = project.root / "dist" / exporter(tpl.formats[0]).filename(tpl)
         if not archive.exists():
             raise UserError(f"{archive} does not exist: run `lxclayer build` first, or name an archive")
-    printer = Printer(quiet=as_json)
+    printer = printer_for(ctx, project, quiet=as_json)
     report = run_boot_test(archive, list(tpl.checks), list(tpl.faults), timeout=timeout,
-                           reboot=not no_reboot, network=not no_network,
-                           progress=lambda m: printer._line(f"  {m}"))
+                           reboot=not no_reboot, network=not no_network, progress=printer.step)
     if as_json:
         click.echo(report.to_json().decode())
     else:

@@ -148,6 +148,8 @@ def printer_for(ctx: click.Context, project, *, quiet: bool = False) -> Printer:
     renders as `--progress` says and logs to `--log` or STORE/logs/."""
     from ..progress import Console, Reporter, log_path
 
+    if ctx.obj.get("console") is not None:  # a second build in one command (verify --repair --rebuild)
+        return Reporter(ctx.obj["console"])  # type: ignore[return-value]
     mode, verbose, log_file = ctx.obj.get("progress", ("auto", False, None))
     if quiet and mode == "auto":
         mode = "quiet"  # --json: the report on stdout, only warnings on stderr

@@ -5,14 +5,7 @@ from __future__ import annotations
 import click
 import msgspec
 
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
+from ..progress.render import size
 
 
 def print_cache(stats, where: str) -> None:
@@ -48,7 +41,7 @@ def result_json(res) -> dict:
 
 def print_result(res) -> None:
     for a in res.archives:
-        click.echo(f"{a.path}  {human_size(a.size)}  sha256 {a.sha256}")
+        click.echo(f"{a.path}  {size(a.size)}  sha256 {a.sha256}")
         if a.image:
             click.echo(f"  image {a.image}")
     if res.sbom:

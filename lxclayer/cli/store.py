@@ -9,6 +9,7 @@ import click
 
 from ..errors import UserError
 from ..progress import Printer
+from ..progress.render import size
 from .options import (
     cache_options,
     open_cache,
@@ -18,7 +19,7 @@ from .options import (
     project_of,
     store_of,
 )
-from .report import human_size, report_damage, report_results
+from .report import report_damage, report_results
 
 
 @click.command()
@@ -52,13 +53,13 @@ def gc(ctx, dry_run) -> None:
     for lock_file in res.dead_roots:
         click.echo(f"{'would remove' if dry_run else 'removed'} dead root {lock_file} (the lockfile is gone)")
     if dry_run:
-        for digest_, layer, kind, size in res.freed_entries:
-            click.echo(f"would free layer entry {digest_[:12]} ({layer}, {kind}, {human_size(size)}):"
+        for digest_, layer, kind, nbytes in res.freed_entries:
+            click.echo(f"would free layer entry {digest_[:12]} ({layer}, {kind}, {size(nbytes)}):"
                        " no live root's lockfile names it")
-    click.echo(f"{verb} {human_size(res.freed)}: {res.layers} layer entries, {res.blobs} blobs,"
+    click.echo(f"{verb} {size(res.freed)}: {res.layers} layer entries, {res.blobs} blobs,"
                f" {res.chunks} chunks, {res.artifacts} artifacts; kept {res.kept} layer entries"
                f" for {len(res.live_roots)} root(s)")
-    click.echo(f"snapshots: {verb} {res.snapshots}; the kept ones take {human_size(res.snapshot_bytes)}")
+    click.echo(f"snapshots: {verb} {res.snapshots}; the kept ones take {size(res.snapshot_bytes)}")
 
 
 @click.command()
@@ -95,9 +96,10 @@ def verify(ctx, rebuild, repair, layers, **cache_opts) -> None:
         scan = scan_store(project, store, list(layers))
         checked = scan.checked
         report_damage(checked, "ok", hint=False)
-        cache = open_cache(project, Printer(), **cache_opts)
+        printer = printer_for(ctx, project)
+        cache = open_cache(project, printer, **cache_opts)
         try:
-            repaired = run_repair(project, store, scan, events=Printer(), cache=cache)
+            repaired = run_repair(project, store, scan, events=printer, cache=cache)
         finally:
             if cache is not None:
                 cache.close()
