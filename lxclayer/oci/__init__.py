@@ -1,2 +1,3 @@
-"""OCI images read back: `layout.py` reads and checks an image layout tar (what push, `check`
-and boot-test use). The writer is the `oci` exporter, `outputs/oci.py`."""
+"""OCI images: `image.py` their documents (config, media types), `layout.py` reading and
+checking an image layout tar (what push, `check` and boot-test use). The writer is the `oci`
+exporter, `outputs/oci.py`."""

@@ -1,7 +1,6 @@
 """Reading an OCI image layout tar as Proxmox VE 9.1 reads it (push, `check`, boot-test).
 
-The documents of an image (the config's structs and media types, shared with the writer in
-`outputs/oci.py`), `read_layout` (the layout's rules, the manifest and config, where each layer
+`read_layout` (the layout's rules, the manifest and config, where each layer
 blob lies in the tar) and `check_layout` (every layer blob streamed against its digest, media
 type, compression and diff_id, and its members by the template rules). It reads any image, not
 only lxclayer's: it imports nothing of the store or the exporters.
@@ -22,44 +21,9 @@ import zstandard
 from ..check import Member, Violation, ZstdReader, check_layers, compression_of, member_of
 from ..errors import ArchiveError
 from ..registry.oci import MANIFEST, Descriptor, Index, Manifest
+from .image import CONFIG, ImageConfig, sha256_digest
 
-CONFIG = "application/vnd.oci.image.config.v1+json"
-LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-def sha256_digest(data: bytes) -> str:
-    """`sha256:<hex>` of `data`: a document's digest."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-# --- OCI documents (image spec 1.1) -------------------------------------------------------------
-
-class RootFS(msgspec.Struct):
-    diff_ids: list[str]
-    type: str = "layers"
-
-
-class ContainerConfig(msgspec.Struct, omit_defaults=True):
-    Labels: dict[str, str] = {}
-    StopSignal: str = ""
-
-
-class History(msgspec.Struct, omit_defaults=True):
-    created: str
-    created_by: str
-    empty_layer: bool = False
-
-
-class ImageConfig(msgspec.Struct, omit_defaults=True):
-    created: str
-    architecture: str
-    os: str
-    config: ContainerConfig
-    rootfs: RootFS
-    history: list[History] = []
-
-
-# --- reading an image layout tar (check, boot-test, push) ------------------------------------------
+# --- reading an image layout tar (check, boot-test, push) -------------------------------------
 
 @dataclass
 class Layout:

@@ -22,8 +22,8 @@ How a layer tar is shaped, and why (PVE 9.1's unpacker, proxmox-oci, is the refe
   area by sha256 (and found by a small record keyed by the layer); the layers of a stack are
   compressed in parallel.
 
-This module writes images; reading one back (push, `check`, boot-test) is `lxclayer/oci/layout.py`,
-which also holds the image's documents that both use.
+This module writes images; reading one back (push, `check`, boot-test) is `lxclayer/oci/layout.py`;
+the documents both use are `lxclayer/oci/image.py`.
 """
 
 from __future__ import annotations
@@ -40,28 +40,30 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from .. import tarformat
-from ..check import Violation
 from ..digest import digest
 from ..lock.model import Lockfile
 from ..lock.toml import stack_digest
 from ..manifest import Entry, apply, sorted_entries
-from ..oci.layout import (
+from ..oci.image import (
     CONFIG,
     LAYER_GZIP,
     ContainerConfig,
     History,
     ImageConfig,
     RootFS,
-    check_layout,
     sha256_digest,
 )
 from ..registry.oci import MANIFEST, Descriptor, Index, Manifest
 from ..store import Keep, LayerEntry, Store
 from .base import ArchiveInfo, Exporter, ExportJob
+
+if TYPE_CHECKING:
+    from ..check import Violation
 
 FORMAT = "oci"
 GZIP_LEVEL = 6
@@ -408,6 +410,8 @@ class OciImage(Exporter):
 
     def check(self, path: Path) -> list[Violation]:
         """The layout's rules and every layer blob (`oci.layout.check_layout`)."""
+        from ..oci.layout import check_layout  # the reader: not needed to write an image
+
         return check_layout(path)
 
 
