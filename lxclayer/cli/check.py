@@ -37,7 +37,10 @@ def check(archive, as_json, key_file, pgp_cert) -> None:
     if key_file or pgp_cert:
         from ..trust import verify
 
-        bad_sig = _check_signatures(verify, archive, key_file, pgp_cert)
+        verdicts = verify.check_signatures(archive, key_file, pgp_cert)
+        for v in verdicts:
+            click.echo(f"{archive}: {'signature ok' if v.ok else 'signature BAD'}: {v.what}", err=True)
+        bad_sig = not all(v.ok for v in verdicts)
         if not archive.is_file() or not archive.name.endswith((*verify.ARCHIVE_SUFFIXES, ".tar.xz")):
             # a signature check of a file that is no template archive (aplinfo.dat, an SBOM)
             sys.exit(1 if bad_sig else 0)
@@ -51,24 +54,6 @@ def check(archive, as_json, key_file, pgp_cert) -> None:
             click.echo(f"{v.path}: {v.message} ({v.rule})")
         click.echo(f"{archive}: {'ok' if not violations else f'{len(violations)} violation(s)'}", err=True)
     sys.exit(1 if violations or bad_sig else 0)
-
-
-def _check_signatures(verify, archive: Path, key_file, pgp_cert) -> bool:
-    """Print one line per signature check (on stderr); True when any failed."""
-    from ..trust import keys
-
-    verdicts = []
-    key = keys.load_public(key_file) if key_file else None
-    if key is not None:
-        if archive.exists():
-            verdicts.append(verify.check_file_key(archive, key))
-        else:  # not a file: an image in a registry
-            verdicts += verify.check_image(str(archive), key)
-    if pgp_cert is not None:
-        verdicts.append(verify.check_file_pgp(archive, pgp_cert))
-    for v in verdicts:
-        click.echo(f"{archive}: {'signature ok' if v.ok else 'signature BAD'}: {v.what}", err=True)
-    return not all(v.ok for v in verdicts)
 
 
 @click.command("boot-test")

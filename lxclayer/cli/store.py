@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import UserError
 from ..progress import Printer
 from ..progress.render import size
 from .options import (
@@ -123,26 +122,14 @@ def verify(ctx, rebuild, repair, layers, **cache_opts) -> None:
 
 
 def _verify_cache(project, cache, layers: list[str]) -> int:
-    """Per locked layer, what the cache's entry claims against the lock (a poisoned or stale
-    entry would be refused by a --locked build; this names it before one runs)."""
-    from ..cache import status
-    from ..lock import toml as locktoml
+    """`cache NAME: not cached`, then per cached layer `ok` or how it differs from the lock."""
+    from ..verify import verify_cache
 
-    lock = locktoml.read(project.lock_file)
-    if lock is None:
-        raise UserError(f"{project.lock_file}: no lock to check the cache against")
     try:
-        results = {}
-        for st in status(cache, lock, outputs_too=True):
-            if layers and st.name not in layers:
-                continue
-            want = lock.layers[st.name].output
-            lines = [] if not st.cached or st.output == want else [
-                f"the cache's entry claims output {st.output or '(none)'}, the lock records {want}"]
-            results[f"cache {st.name}"] = lines
-            if not st.cached:
-                click.echo(f"cache {st.name}: not cached")
-                del results[f"cache {st.name}"]
+        verdicts = verify_cache(project, cache, layers)
     finally:
         cache.close()
-    return report_results(results, "differs from the lock", "ok")
+    for v in verdicts:
+        if not v.cached:
+            click.echo(f"cache {v.layer}: not cached")
+    return report_results({f"cache {v.layer}": v.problems for v in verdicts if v.cached}, "differs from the lock", "ok")
