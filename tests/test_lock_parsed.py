@@ -69,3 +69,22 @@ def test_a_lock_that_is_no_lock_is_refused_as_before(project_dir, store_dir):
     r = cli(project_dir, store_dir, "build", "--locked")
     assert r.returncode == 2
     assert r.stderr == f"lxclayer: error: {project_dir / LOCK}: not UTF-8 text (byte 0)\n"
+
+
+def test_stack_digest_follows_a_lock_changed_in_place(project_dir, store_dir):
+    """stack_digest is computed once per content: asking again for a lock changed in place
+    (the structs are mutable) gives the digest of its new content, as a fresh parse does."""
+    import hashlib
+
+    import msgspec
+
+    assert cli(project_dir, store_dir, "build").returncode == 0
+    lock = locktoml.read(project_dir / LOCK)
+    first = locktoml.stack_digest(lock)
+    assert locktoml.stack_digest(lock) == first
+    lock.template.version = "9.9"
+    changed = locktoml.stack_digest(lock)
+    assert changed != first
+    bare = msgspec.structs.replace(lock, template=msgspec.structs.replace(lock.template, archives={}, compressor={}),
+                                   layers={n: msgspec.structs.replace(la, resolved_at="") for n, la in lock.layers.items()})
+    assert changed == "sha256:" + hashlib.sha256(locktoml.dumps(bare).encode()).hexdigest()
