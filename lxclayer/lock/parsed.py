@@ -50,7 +50,10 @@ def read(path: Path, store: Store) -> Lockfile | None:
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return locktoml.read(path)  # None, or the error in its words
-    key = xxhash.xxh3_128_hexdigest(raw + b"\0" + _code())
+    try:
+        key = xxhash.xxh3_128_hexdigest(raw + b"\0" + _code())
+    except OSError:  # the parser's source cannot be read (installed without it): no shortcut
+        return locktoml.loads(text, file=str(path))
     where = cache_file(store, path)
     with contextlib.suppress(OSError, msgspec.DecodeError, msgspec.ValidationError):
         kept = msgspec.msgpack.decode(read_regular(where), type=Parsed)
