@@ -28,6 +28,7 @@ from .errors import BuildError, LockError, StoreCorruption
 from .evaluate import Evaluator, Mode, builder_id
 from .fsio import remove_stale_temporaries
 from .inputs import Artifacts
+from .lock import parsed as parsed_lock
 from .lock import toml as locktoml
 from .lock.assemble import assemble_lock, stamp_resolved_at
 from .lock.model import Lockfile
@@ -317,7 +318,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
     lock_path = project.lock_file
     # (the layers route their own; this covers the shared cache's transfers after them)
     with progress_events.routed(sink_of(events)), store.session(), store.project_lock(lock_path):
-        lock = locktoml.read(lock_path)  # read under the project lock: another build may have written it
+        lock = parsed_lock.read(lock_path, store)  # read under the project lock: another build may have written it
         for folder in (out_dir, lock_path.parent):
             remove_stale_temporaries(folder)
         # This project's lock is a GC root of the store from now on: `gc`, run from any project

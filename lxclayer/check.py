@@ -24,7 +24,7 @@ rule                      meaning
 
 `check_members` is streaming and keeps one small record per path; the compose step runs it on
 the entries it writes. `check_layers` applies the same rules (the same `Tree`) to the layers of an
-OCI image, merged as Proxmox VE 9.1 applies them (outputs/oci.py reads the layers). `check_archive` reads any ``.tar.gz``/``.tar.zst``/``.tar.xz``/
+OCI image, merged as Proxmox VE 9.1 applies them (oci/layout.py reads the layers). `check_archive` reads any ``.tar.gz``/``.tar.zst``/``.tar.xz``/
 ``.tar.bz2``/``.tar`` (compression found from the magic bytes) in constant memory apart from
 the paths it has seen.
 """

@@ -20,7 +20,7 @@ from .definitions import Project
 from .errors import UserError
 from .fsio import atomic_write
 from .lock import toml as locktoml
-from .outputs.oci import Layout, read_layout
+from .oci.layout import Layout, read_layout
 from .outputs.sbom import sbom_filename, spdx_document
 from .progress import events as progress_events
 from .progress import sink_of

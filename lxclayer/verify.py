@@ -250,3 +250,31 @@ def verify_rebuild(project: Project, store: Store, names: list[str], events: Eve
                     rebuilt = mod.realise(ctx)
             result[layer.name] = compare(entries[i].entries, rebuilt.entries)
     return result
+
+
+class CacheVerdict(msgspec.Struct, frozen=True):
+    """A locked layer's entry in the shared cache: whether it has one, and how its claim
+    differs from the lock (empty: it agrees)."""
+
+    layer: str
+    cached: bool
+    problems: list[str]
+
+
+def verify_cache(project: Project, cache, names: list[str]) -> list[CacheVerdict]:
+    """Per locked layer (those of `names`, or all), what the cache's entry claims against the
+    lock: a poisoned or stale entry, which a --locked build would refuse, named before one runs."""
+    from .cache import status
+
+    lock = locktoml.read(project.lock_file)
+    if lock is None:
+        raise LockError(f"{project.lock_file}: no lock to check the cache against")
+    out = []
+    for st in status(cache, lock, outputs_too=True):
+        if names and st.name not in names:
+            continue
+        want = lock.layers[st.name].output
+        problems = [] if not st.cached or st.output == want else [
+            f"the cache's entry claims output {st.output or '(none)'}, the lock records {want}"]
+        out.append(CacheVerdict(layer=st.name, cached=st.cached, problems=problems))
+    return out

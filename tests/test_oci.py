@@ -15,6 +15,7 @@ import pytest
 from lxclayer.build import build
 from lxclayer.definitions import load_project
 from lxclayer.lock import toml as locktoml
+from lxclayer.oci.layout import read_layout
 from lxclayer.outputs import oci
 from lxclayer.store import Store
 
@@ -186,7 +187,7 @@ def test_build_format_oci_writes_the_image_and_records_its_digest(tmp_path):
     rec = lock.template.archives["oci"]
     assert rec.file == path.name
     assert rec.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    layout = oci.read_layout(path)
+    layout = read_layout(path)
     assert rec.image == layout.manifest_digest
     assert f"image {rec.image}" in (r.stdout + r.stderr)
     assert lock.template.compressor["oci"] == oci.compressor_id()

@@ -289,7 +289,7 @@ def unpack_oci(archive: Path, root: Path) -> float:
     """Unpack an OCI image layout tar the way PVE 9.1 does: the first manifest of index.json,
     its layers in `rootfs.diff_ids` order, each layer's whiteouts applied before it is
     unpacked, everything inside the container's user namespace. Returns the bytes unpacked."""
-    from ..outputs.oci import read_layout
+    from ..oci.layout import read_layout
 
     layout = read_layout(archive)  # ArchiveError when PVE would not take it as an image
     root.mkdir(mode=0o755)

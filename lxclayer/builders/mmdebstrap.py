@@ -132,10 +132,46 @@ def host_tool_versions() -> dict[str, str]:
     return out
 
 
+DPKG_STATUS = "/var/lib/dpkg/status"
+
+
+def kept_host_tool_versions(store) -> dict[str, str]:
+    """`host_tool_versions()`, kept in the store's stat cache area while dpkg's database is the
+    same file: dpkg replaces /var/lib/dpkg/status (by rename) whenever it installs, removes or
+    upgrades a package, so its inode, size, mtime or ctime says when to ask dpkg-query again.
+    A no-op build then starts no program (issue 24)."""
+    import os
+
+    import msgspec
+
+    from ..fsio import atomic_write
+
+    try:
+        st = os.stat(DPKG_STATUS)
+    except OSError:
+        return host_tool_versions()
+    key = ":".join(str(x) for x in (os.uname().nodename, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                    st.st_ctime_ns, *HOST_TOOLS))
+    where = store.statcache_path("host-tools")
+    try:
+        kept = msgspec.msgpack.decode(where.read_bytes(), type=dict[str, dict[str, str]])
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        kept = {}
+    if key in kept:
+        return kept[key]
+    versions = host_tool_versions()
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(where, msgspec.msgpack.encode({key: versions}))
+    except OSError:
+        pass  # a store that cannot be written to: asked again next time
+    return versions
+
+
 def resolved_inputs(ctx: Context) -> dict[str, str]:
     """The versions of the host tools that build the tree: part of the input digest and the
     lock, so a host with another mmdebstrap, apt or dpkg builds (and names) another input."""
-    return {f"tool {name}": version for name, version in host_tool_versions().items()}
+    return {f"tool {name}": version for name, version in kept_host_tool_versions(ctx.store).items()}
 
 
 def _bases(s: Settings) -> list[str]:

@@ -135,7 +135,19 @@ def stack_digest(lock: Lockfile) -> str:
 
     bare = msgspec.structs.replace(lock, template=msgspec.structs.replace(lock.template, archives={}, compressor={}),
                                    layers={n: msgspec.structs.replace(la, resolved_at="") for n, la in lock.layers.items()})
-    return "sha256:" + hashlib.sha256(dumps(bare).encode()).hexdigest()
+    # A build asks for it three times (the image's label, the SBOM, the provenance): the TOML
+    # text is made once per content (msgpack keeps every value and the order of every table).
+    key = msgspec.msgpack.encode(bare)
+    known = _stack_digests.get(key)
+    if known is None:
+        known = "sha256:" + hashlib.sha256(dumps(bare).encode()).hexdigest()
+        if len(_stack_digests) >= 8:
+            _stack_digests.clear()
+        _stack_digests[key] = known
+    return known
+
+
+_stack_digests: dict[bytes, str] = {}
 
 
 def write(path: Path, lock: Lockfile) -> None:

@@ -85,6 +85,10 @@ class Reporter:
     def warn(self, message: str) -> None:
         self.emit(ev.BuildWarning(message=message, layer=ev.layer()))
 
+    def step(self, message: str) -> None:
+        """A step of a command outside any layer (boot-test's phases)."""
+        self.emit(ev.Step(message=message))
+
 
 def sink_of(events: Any) -> ev.Sink:
     """The sink for what builders emit, for any `events` object: a :class:`Reporter`'s own, or,

@@ -128,8 +128,14 @@ class BuildWarning(_Event, tag="warning"):
     layer: str | None = None
 
 
+class Step(_Event, tag="step"):
+    """A step of a command outside any layer: boot-test's phases (`unpacking`, `booting`...)."""
+
+    message: str
+
+
 Event = (LayerStarted | LayerFinished | LayerStep | ProgramStarted | ProgramOutput | ProgramFinished
-         | DownloadProgress | ExportStarted | ExportProgress | ExportFinished | TransferProgress | BuildWarning)
+         | DownloadProgress | ExportStarted | ExportProgress | ExportFinished | TransferProgress | BuildWarning | Step)
 Sink = Callable[[Any], None]
 
 _sink: contextvars.ContextVar[Sink | None] = contextvars.ContextVar("lxclayer_progress_sink", default=None)

@@ -14,6 +14,8 @@ from . import events as ev
 
 
 def size(n: float) -> str:
+    """Bytes for a person, in decimal units as docs/progress.md shows them: `512 B`, `59.2 MB`
+    (the one formatter of sizes in what a command prints, progress and results alike)."""
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -90,6 +92,8 @@ def text(e: Any, *, verbose: bool) -> str | None:
         return f"  {verb} blob {e.digest[:19]} ({size(e.bytes_done)}, {size(e.rate)}/s) {e.registry}"
     if isinstance(e, ev.BuildWarning):
         return f"  warning: {e.message}"
+    if isinstance(e, ev.Step):
+        return f"  {e.message}"
     return None
 
 
@@ -301,6 +305,8 @@ class Tty(Renderer):
                 self.bars[key] = [f"{e.direction} {e.digest[7:19]}", e.bytes_done, e.bytes_total, e.rate, t0]
         elif isinstance(e, ev.BuildWarning):
             self.above(f"warning: {e.message}")
+        elif isinstance(e, ev.Step):
+            self.above(e.message)
 
     def message(self, text_: str) -> None:
         self.above(text_)

@@ -102,7 +102,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def statcache_path(self, key: str) -> Path:
-        """The file of the source stat cache `key` (one per project: :mod:`lxclayer.sources`)."""
+        """The file of the stat cache `key`: the sources' (one per project: :mod:`lxclayer.sources`),
+        a lock's parse (:mod:`lxclayer.lock.parsed`), the host tools' versions (mmdebstrap)."""
 
     @abc.abstractmethod
     def logs_dir(self) -> Path:

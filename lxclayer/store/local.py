@@ -13,6 +13,8 @@ Layout under the store root:
     roots/<xxh3-128>                  GC roots: links to lockfiles (see .roots)
     snapshots/<input digest>/         entries unpacked for overlay mounts (lxclayer.snapshots)
     statcache/<key>.msgpack           per project, the sources' stat cache (lxclayer.sources)
+                                      and what no-op builds need not recompute: a lock's parse
+                                      (lxclayer.lock.parsed), the host tools' versions (mmdebstrap)
     logs/                             build logs (lxclayer.progress)
 
 Entries appear atomically (staged in tmp/, then renamed), so a killed build never leaves half an

@@ -71,7 +71,7 @@ def check_file_key(path: Path, key: PublicKey) -> Verdict:
     if sha in digests:
         return Verdict(True, f"sha256 {sha} is a subject of {env_path.name}, signed by the key")
     if path.name.endswith(".tar"):
-        from ..outputs.oci import read_layout
+        from ..oci.layout import read_layout
 
         image = read_layout(path).manifest_digest
         if image.removeprefix("sha256:") in digests:
@@ -143,6 +143,24 @@ def check_image(ref_text: str, key: PublicKey, *, auth_file: str | None = None,
         out.append(Verdict(good, "signed provenance (DSSE) naming the image "
                                  + ("attached" if good else "NOT attached")))
     return out
+
+
+def check_signatures(target: Path, key_file: str | None, pgp_cert: Path | None) -> list[Verdict]:
+    """What `check --key/--pgp-cert` checks, one verdict each: with a key, the signed provenance
+    beside the file, or, when `target` is no file, the image it names in a registry; with an
+    OpenPGP certificate, the file's `.asc` or the channel's SHA512SUMS.asc beside it."""
+    from . import keys
+
+    verdicts = []
+    if key_file:
+        key = keys.load_public(key_file)
+        if target.exists():
+            verdicts.append(check_file_key(target, key))
+        else:  # not a file: an image in a registry
+            verdicts += check_image(str(target), key)
+    if pgp_cert is not None:
+        verdicts.append(check_file_pgp(target, pgp_cert))
+    return verdicts
 
 
 def _read(path: Path) -> bytes:
