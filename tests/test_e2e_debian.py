@@ -357,15 +357,20 @@ def test_a_failing_script_leaves_no_mount_no_process_and_no_entry(built, tmp_pat
 
 @pytest.mark.parametrize("sig,exc", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
 def test_an_interrupted_build_leaves_no_mount(built, tmp_path, sig, exc):
-    project = _script_project(tmp_path / "p", "touch /tmp/started\nsleep 600\n")
+    # a script of its own (never cached by another test, whatever became of that one)
+    project = _script_project(tmp_path / "p", f"touch /tmp/started\nsleep 600  # {sig.name}\n")
     _copy_lock(built, project)
     st = Store(built.store_a)
     stop = threading.Event()
 
     def interrupt():
         while not stop.is_set():
-            if [*(built.store_a / "tmp").glob("build-setup-*/root/tmp/started"),  # --snapshots=off
-                *(built.store_a / "tmp").glob("build-setup-*/build/upper/tmp/started")]:
+            try:  # tmp/ and its staging folders come and go while the build runs
+                started = [*(built.store_a / "tmp").glob("build-setup-*/root/tmp/started"),  # --snapshots=off
+                           *(built.store_a / "tmp").glob("build-setup-*/build/upper/tmp/started")]
+            except OSError:
+                started = []
+            if started:
                 time.sleep(0.5)
                 os.kill(os.getpid(), sig)
                 return
@@ -519,7 +524,7 @@ def _mounts_anywhere(word: str) -> list[str]:
 def test_sigkill_during_a_snapshot_build_leaves_no_mount_and_nothing_trusted(built, tmp_path, when):
     from lxclayer import snapshots
 
-    project = _script_project(tmp_path / "p", "touch /tmp/started\nsleep 600\n")
+    project = _script_project(tmp_path / "p", f"touch /tmp/started\nsleep 600  # sigkill {when}\n")
     _copy_lock(built, project)
     st = _store_copy(built, tmp_path / "store")
     before = set(st.entries())
