@@ -204,10 +204,10 @@ def _lists_cache(ctx: Context) -> Path:
     return ctx.store.snapshots_dir() / ".apt-lists"
 
 
-def _lists_in(ctx: Context, root: Path) -> Path | None:
+def _lists_in(ctx: Context, root: Path) -> Path:
     """Put the lists a former resolve of the same sources fetched into `root` (apt then asks the
     mirror only whether they changed: its If-Modified-Since, checked against the signed
-    InRelease as always); the cache folder, or None if there is none."""
+    InRelease as always); the cache folder (where the lists are kept afterwards)."""
     cache = _lists_cache(ctx) / _lists_key(root)
     if not (cache / "lists").is_dir():
         return cache
@@ -274,7 +274,9 @@ def _lists_out(ctx: Context, root: Path, cache: Path) -> None:
 
 def _resolve_with(ctx: Context, ch: Chroot, *, overlay: bool):
     s: Settings = ctx.layer.spec  # type: ignore[assignment]
-    cache = _lists_in(ctx, ch.root)
+    # (Not where apt writes through an overlay of its own onto a tree the build uses next: the
+    # lists are read and kept from the tree itself.)
+    cache = None if overlay else _lists_in(ctx, ch.root)
     # Without the Translation-* indices (a third of what trixie's update downloads, and parsed
     # into apt's cache): descriptions are not pins; the indices pins come from are the same.
     out = ch.run(["apt-get", "--error-on=any", "-o", "Acquire::Languages=none", "update"], network=True,
