@@ -28,7 +28,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -240,16 +240,40 @@ def check(store: Store, input_digest: str, output: str) -> str | None:
 
 def ensure(store: Store, input_digest: str, output: str, entries: Callable[[], list[Entry]],
            lower: Callable[[str], Entry | None], *, mtime: int,
-           log: Callable[[str], None] = lambda m: None) -> Path:
-    """The root of a verified snapshot of one store entry, made (again) if needed."""
+           log: Callable[[str], None] = lambda m: None, checked: dict[str, tuple] | None = None) -> Path:
+    """The root of a verified snapshot of one store entry, made (again) if needed.
+
+    `checked` (one build's :attr:`Policy.checked`) remembers the snapshots this build has
+    verified or made already: a layer above uses them again without a second full check, as
+    long as the snapshot is still the folder that was checked (same index file and root: a
+    snapshot removed and made again meanwhile is checked again)."""
+    if checked is not None:
+        seen = checked.get(input_digest)
+        if seen is not None and seen == _identity(store, input_digest, output):
+            return snapshot_dir(store, input_digest) / ROOT
     sweep_tmp(store)
     why = check(store, input_digest, output)
     if why is None:
-        return snapshot_dir(store, input_digest) / ROOT
-    if why != "missing":
-        log(f"snapshot {input_digest[:16]} not trusted ({why}): making it again from the store")
-        remove(store, input_digest)
-    return make(store, input_digest, output, entries(), lower, mtime=mtime)
+        root = snapshot_dir(store, input_digest) / ROOT
+    else:
+        if why != "missing":
+            log(f"snapshot {input_digest[:16]} not trusted ({why}): making it again from the store")
+            remove(store, input_digest)
+        root = make(store, input_digest, output, entries(), lower, mtime=mtime)
+    if checked is not None:
+        checked[input_digest] = _identity(store, input_digest, output)
+    return root
+
+
+def _identity(store: Store, input_digest: str, output: str) -> tuple | None:
+    """Which folder a snapshot is (inode and ctime of its index and its root), for
+    :func:`ensure`'s memory of what it checked; None if it is gone."""
+    d = snapshot_dir(store, input_digest)
+    try:
+        i, r = os.lstat(d / INDEX), os.lstat(d / ROOT)
+    except OSError:
+        return None
+    return (output, i.st_ino, i.st_ctime_ns, r.st_ino, r.st_ctime_ns)
 
 
 def lookup_below(layers: Sequence[Sequence[Entry]], path: str) -> Entry | None:
@@ -285,6 +309,9 @@ class Policy:
     reason: str = ""
     say: Callable[[str], None] = lambda m: None
     _said: bool = False
+    # The snapshots this build has checked or made (see ensure): each is checked once a build,
+    # not once for every layer above it.
+    checked: dict[str, tuple] = field(default_factory=dict)
 
     @classmethod
     def choose(cls, flag: bool | None, say: Callable[[str], None]) -> Policy:

@@ -154,6 +154,37 @@ def test_a_snapshot_changed_behind_our_back_is_noticed_and_made_again(store, tam
     assert scan_dir(root, store, mtime_clamp=SDE)["etc/a"].mode == 0o644
 
 
+def test_one_build_checks_each_snapshot_once_and_again_when_it_was_made_anew(store, monkeypatch):
+    bottom, _ = stack(store)
+    checks: list[str] = []
+    real = snapshots.check
+    monkeypatch.setattr(snapshots, "check", lambda s, i, o: checks.append(i) or real(s, i, o))
+    build = snapshots.Policy()  # one build's
+    root = snapshots.ensure(store, "b", "out-b", lambda: bottom, lambda p: None, mtime=SDE, checked=build.checked)
+    for _ in range(3):  # the layers above it in the same build
+        assert snapshots.ensure(store, "b", "out-b", lambda: bottom, lambda p: None, mtime=SDE,
+                                checked=build.checked) == root
+    assert checks == ["b"]
+    # Removed and made again meanwhile (another build, gc): this build checks the new one.
+    snapshots.remove(store, "b")
+    snap(store, "b", bottom, lambda p: None)
+    assert snapshots.ensure(store, "b", "out-b", lambda: bottom, lambda p: None, mtime=SDE,
+                            checked=build.checked) == root
+    assert checks == ["b", "b", "b"]  # snap()'s own check, then this build's
+    # Asked for another output (the entry was rebuilt): checked, found wrong, made again.
+    logs: list[str] = []
+    root = snapshots.ensure(store, "b", "out-b2", lambda: bottom, lambda p: None, mtime=SDE, log=logs.append,
+                            checked=build.checked)
+    assert logs and "another output" in logs[0] and snapshots.check(store, "b", "out-b2") is None
+    # The next build checks every snapshot again: a change made between builds is found.
+    os.chmod(root / "etc/a", 0o777)
+    logs.clear()
+    snapshots.ensure(store, "b", "out-b2", lambda: bottom, lambda p: None, mtime=SDE, log=logs.append,
+                     checked=snapshots.Policy().checked)
+    assert logs and "not trusted" in logs[0]
+    assert stat.S_IMODE(os.lstat(root / "etc/a").st_mode) == 0o644
+
+
 def test_a_snapshot_of_another_output_is_not_used(store):
     bottom, _ = stack(store)
     snap(store, "b", bottom, lambda p: None)

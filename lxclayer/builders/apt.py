@@ -180,14 +180,114 @@ def _resolve_in(ctx: Context, root: Path, overlay: Path | None):
         ctx.program_seconds += ch.seconds
 
 
+# What apt's view of its sources depends on: a cache of its lists is only used for the same.
+_APT_STATE = ("etc/apt/sources.list", "etc/apt/sources.list.d", "etc/apt/trusted.gpg", "etc/apt/trusted.gpg.d",
+              "etc/apt/keyrings", "etc/apt/apt.conf.d", "etc/apt/preferences", "etc/apt/preferences.d",
+              "usr/share/keyrings", "var/lib/dpkg/arch")
+LISTS = "var/lib/apt/lists"
+
+
+def _lists_key(root: Path) -> str:
+    """A digest of the sources, keys and configuration apt reads in `root`."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in _APT_STATE:
+        p = root / rel
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        for q in files:
+            h.update(q.relative_to(root).as_posix().encode() + b"\0" + q.read_bytes() + b"\0")
+    return h.hexdigest()[:32]
+
+
+def _lists_cache(ctx: Context) -> Path:
+    return ctx.store.snapshots_dir() / ".apt-lists"
+
+
+def _lists_in(ctx: Context, root: Path) -> Path:
+    """Put the lists a former resolve of the same sources fetched into `root` (apt then asks the
+    mirror only whether they changed: its If-Modified-Since, checked against the signed
+    InRelease as always); the cache folder (where the lists are kept afterwards)."""
+    cache = _lists_cache(ctx) / _lists_key(root)
+    if not (cache / "lists").is_dir():
+        return cache
+    why = _lists_damage(cache / "lists")
+    if why:
+        ctx.log(f"apt lists not reused ({why})")
+        return cache
+    try:
+        shutil.copytree(cache / "lists", root / LISTS, dirs_exist_ok=True, symlinks=True)
+    except (OSError, shutil.Error) as e:
+        ctx.log(f"apt lists not reused: {e}")
+    return cache
+
+
+def _lists_damage(lists: Path) -> str | None:
+    """Why the kept lists are not what their InRelease lists (None if every index is): each
+    index file against the SHA256 its suite's InRelease gives it, as apt fetched them."""
+    import hashlib
+
+    from ..debian.deb822 import paragraphs
+
+    files = {q.name: q for q in lists.iterdir() if q.is_file()}
+    releases = [n for n in files if n.endswith("_InRelease")]
+    if not releases:
+        return "no InRelease"
+    for n, q in files.items():
+        if n.endswith(("_InRelease", "_Release", "_Release.gpg")):
+            continue
+        rel = max((r for r in releases if n.startswith(r[: -len("InRelease")])), key=len, default=None)
+        if rel is None:
+            return f"{n} belongs to no InRelease"
+        text = files[rel].read_text("utf-8", "replace")
+        body = next(iter(paragraphs(text.split("\n\n", 1)[-1] if text.startswith("-----BEGIN") else text)), {})
+        want = {}
+        for line in body.get("SHA256", "").splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                want[parts[2].replace("/", "_")] = parts[0]
+        name = n[len(rel) - len("InRelease"):]
+        if want.get(name) != hashlib.sha256(q.read_bytes()).hexdigest():
+            return f"{n} does not match its InRelease"
+    return None
+
+
+def _lists_out(ctx: Context, root: Path, cache: Path) -> None:
+    """Keep the lists apt has now for the next resolve of the same sources (replaced whole)."""
+    base = cache.parent
+    tmp = base / f".tmp-{os.getpid()}-{cache.name}"
+    old = base / f".old-{os.getpid()}-{cache.name}"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(root / LISTS, tmp / "lists", symlinks=True,
+                        ignore=lambda d, names: [n for n in names if n in ("lock", "partial")])
+        if cache.exists():
+            os.rename(cache, old)
+        os.rename(tmp, cache)
+    except (OSError, shutil.Error) as e:
+        ctx.log(f"apt lists not kept: {e}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _resolve_with(ctx: Context, ch: Chroot, *, overlay: bool):
     s: Settings = ctx.layer.spec  # type: ignore[assignment]
-    out = ch.run(["apt-get", "--error-on=any", "update"], network=True, what="update")
+    # (Not where apt writes through an overlay of its own onto a tree the build uses next: the
+    # lists are read and kept from the tree itself.)
+    cache = None if overlay else _lists_in(ctx, ch.root)
+    # Without the Translation-* indices (a third of what trixie's update downloads, and parsed
+    # into apt's cache): descriptions are not pins; the indices pins come from are the same.
+    out = ch.run(["apt-get", "--error-on=any", "-o", "Acquire::Languages=none", "update"], network=True,
+                 what="update")
     if overlay and out.returncode == 97 and OVERLAY_UNAVAILABLE in out.text:
         return None
     failure = update_failure(out.text)
     if out.returncode != 0 or failure:
         raise BuildError(failure or apt_failure(out.text), file=shown(ctx), key="sources" if s.sources else None)
+    if cache is not None:
+        _lists_out(ctx, ch.root, cache)
     out = ch.run(["apt-get", "-s", "-y", *_apt_opts(s), "install", *s.packages], what="simulate")
     if out.returncode != 0:
         raise BuildError(apt_failure(out.text), file=shown(ctx), key="packages")

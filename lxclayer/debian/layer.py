@@ -217,7 +217,8 @@ def snapshot_lowers(ctx: Context) -> list[Path]:
     for i, entry in enumerate(ctx.below):
         roots.append(snapshots.ensure(
             ctx.store, entry.input, entry.output, lambda e=entry: e.entries,
-            functools.partial(snapshots.lookup_below, stack[:i]), mtime=ctx.source_date_epoch, log=ctx.log))
+            functools.partial(snapshots.lookup_below, stack[:i]), mtime=ctx.source_date_epoch, log=ctx.log,
+            checked=ctx.snapshots.checked))
     return roots[::-1]
 
 
