@@ -143,3 +143,37 @@ def pytest_runtest_makereport(item, call):
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.outcome = "failed"
         rep.longrepr = f"skipped under LXCLAYER_REQUIRE_E2E=1, which makes a skip a failure: {reason}"
+
+
+# --- Two workers in CI (.ci/run: pytest -n 2) --------------------------------------------------
+# With pytest-xdist, each test module is one unit of work, so that a module's tests keep their
+# order and its module- and session-scoped fixtures (a registry, a cold build, an mmdebstrap root)
+# are made once, on one worker. The journeys (tests/journeys/, four modules) are one unit: they
+# share the session build of both templates (journeys/conftest.py's `warm`). The two longest
+# units go first, one to each worker: the journeys and tests/test_e2e_template.py (its builds of
+# both templates and three boot tests). Both build the same templates into the session's store;
+# the store's per-layer locks make the second builder of a layer wait for the first and find it
+# cached, so no layer is built twice. Without -n (`./dev test`), nothing here applies.
+# (xdist's own `--dist loadgroup` marks do not group under pytest 9: its nodeid suffix is lost.)
+FIRST_UNITS = ("journeys", "tests/test_e2e_template.py")
+
+
+def _unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return "journeys" if path.startswith("tests/journeys/") else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the units are queued in the workers' order
+        rank = {u: i for i, u in enumerate(FIRST_UNITS)}
+        items.sort(key=lambda it: rank.get(_unit(it.nodeid), len(rank)))  # stable: the rest keep theirs
