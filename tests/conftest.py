@@ -149,13 +149,13 @@ def pytest_runtest_makereport(item, call):
 # With pytest-xdist, each test module is one unit of work, so that a module's tests keep their
 # order and its module- and session-scoped fixtures (a registry, a cold build, an mmdebstrap root)
 # are made once, on one worker. The journeys (tests/journeys/, four modules) are one unit: they
-# share the session build of both templates (journeys/conftest.py's `warm`). The two longest
-# units go first, one to each worker: the journeys and tests/test_e2e_template.py (its builds of
-# both templates and three boot tests). Both build the same templates into the session's store;
-# the store's per-layer locks make the second builder of a layer wait for the first and find it
-# cached, so no layer is built twice. Without -n (`./dev test`), nothing here applies.
-# (xdist's own `--dist loadgroup` marks do not group under pytest 9: its nodeid suffix is lost.)
-FIRST_UNITS = ("journeys", "tests/test_e2e_template.py")
+# share the session build of both templates (journeys/conftest.py's `warm`). xdist queues the
+# units with the most tests first, so the journeys (the longest unit) start at once on one
+# worker while the other works through the rest; tests/test_e2e_template.py builds the same
+# templates into the session's store, and the store's per-layer locks make a second builder of
+# a layer wait for the first and find it cached, so no layer is built twice whatever the order.
+# Without -n (`./dev test`), nothing here applies. (xdist's own `--dist loadgroup` marks do not
+# group under pytest 9: the nodeid suffix they rely on is lost.)
 
 
 def _unit(nodeid: str) -> str:
@@ -171,9 +171,3 @@ def pytest_xdist_make_scheduler(config, log):
             return _unit(nodeid)
 
     return ByModule(config, log)
-
-
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the units are queued in the workers' order
-        rank = {u: i for i, u in enumerate(FIRST_UNITS)}
-        items.sort(key=lambda it: rank.get(_unit(it.nodeid), len(rank)))  # stable: the rest keep theirs
