@@ -163,6 +163,7 @@ def _unit(nodeid: str) -> str:
     return "journeys" if path.startswith("tests/journeys/") else path
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown without it (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
