@@ -143,3 +143,32 @@ def pytest_runtest_makereport(item, call):
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.outcome = "failed"
         rep.longrepr = f"skipped under LXCLAYER_REQUIRE_E2E=1, which makes a skip a failure: {reason}"
+
+
+# --- Two workers in CI (.ci/run: pytest -n 2) --------------------------------------------------
+# With pytest-xdist, each test module is one unit of work, so that a module's tests keep their
+# order and its module- and session-scoped fixtures (a registry, a cold build, an mmdebstrap root)
+# are made once, on one worker. The journeys (tests/journeys/, four modules) are one unit: they
+# share the session build of both templates (journeys/conftest.py's `warm`). xdist queues the
+# units with the most tests first, so the journeys (the longest unit) start at once on one
+# worker while the other works through the rest; tests/test_e2e_template.py builds the same
+# templates into the session's store, and the store's per-layer locks make a second builder of
+# a layer wait for the first and find it cached, so no layer is built twice whatever the order.
+# Without -n (`./dev test`), nothing here applies. (xdist's own `--dist loadgroup` marks do not
+# group under pytest 9: the nodeid suffix they rely on is lost.)
+
+
+def _unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return "journeys" if path.startswith("tests/journeys/") else path
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown without it (-p no:xdist)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ByModule(config, log)
