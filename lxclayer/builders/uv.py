@@ -26,14 +26,6 @@ from .. import hermetic
 from ..artifacts import places_for
 from ..debian.chroot import Bind, Chroot
 from ..debian.fetch import fetch_all, link_or_copy
-from ..debian.layer import (
-    build_in_chroot,
-    installed_from_status,
-    lower_status,
-    require_root,
-    require_tool,
-    shown,
-)
 from ..debian.wheels import (
     ARCH,
     Target,
@@ -49,6 +41,14 @@ from ..kinds.uv import DEFAULT_INDEX, VENV_NAME_RE, VERSION_RE, Settings, Venv, 
 from ..lock.model import Artifact
 from ..manifest import Entry
 from ..progress.events import Program
+from ..realise.program import (
+    build_in_chroot,
+    installed_from_status,
+    lower_status,
+    require_root,
+    require_tool,
+    shown,
+)
 from .base import Artifacts, Context, Result
 
 KIND = "uv"
