@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from .builders import builder
+from . import kinds
 from .definitions import Layer, Project
 from .digest import digest
 from .errors import StoreCorruption
@@ -59,7 +59,7 @@ class Derivation:
 
 
 def builder_id(layer: Layer) -> str:
-    return f"{layer.kind}/{builder(layer.kind).VERSION}"
+    return f"{layer.kind}/{kinds.spec(layer.kind).version}"
 
 
 def template_definition_digest(project: Project) -> str:
@@ -116,12 +116,12 @@ class Evaluator:
     def locked_pins(self, layer: Layer, mode: Mode | None = None) -> Artifacts | None:
         """The pins a build of `layer` uses without resolving: none for a builder without pins,
         the lock's where they still hold, else None (they must be resolved again)."""
-        if not hasattr(builder(layer.kind), "resolve"):
+        if not kinds.spec(layer.kind).pins:
             return {}
         return self.locked(layer).artifacts if self.pins_reusable(layer, mode) else None  # type: ignore[union-attr]
 
     def reads_below(self, layer: Layer) -> bool:
-        return bool(builder(layer.kind).READS_BELOW)
+        return kinds.spec(layer.kind).reads_below
 
     # --- derivations ----------------------------------------------------------------------------
 

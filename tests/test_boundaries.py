@@ -98,3 +98,15 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     assert STORE_ROOT.search('d = store.root / "tmp"') and STORE_ROOT.search("p = store_root / 'x'")
     assert STORE_ROOT.search('return Path(store_root) / "logs"')
     assert not STORE_ROOT.search("for root in store.roots():")
+
+
+def test_each_builder_has_what_its_kinds_spec_says():
+    """Evaluation reads a kind's BuilderSpec instead of its builder: the two must agree (a
+    builder with `resolve` whose spec says no pins would have its pins ignored)."""
+    from lxclayer import builders, kinds
+
+    assert sorted(builders.registry()) == kinds.names()
+    for name in kinds.names():
+        spec, mod = kinds.spec(name), builders.builder(name)
+        assert (hasattr(mod, "resolve"), hasattr(mod, "resolved_inputs")) == (spec.pins, spec.facts), name
+        assert not hasattr(mod, "VERSION") and not hasattr(mod, "READS_BELOW"), name  # one source of truth

@@ -63,8 +63,6 @@ from ..realise.program import (
 from .base import Artifacts, Context, Result
 
 KIND = "apt"
-VERSION = 1
-READS_BELOW = True
 
 DEBS_INSIDE = "/run/lxclayer/debs"
 

@@ -16,8 +16,6 @@ from ..sources import read_source, scan_sources
 from .base import Context, Result
 
 KIND = "files"
-VERSION = 1
-READS_BELOW = False
 
 
 @cache

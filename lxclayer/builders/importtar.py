@@ -25,8 +25,6 @@ from ..scan import kept_xattr
 from .base import Context, Result
 
 KIND = "import"
-VERSION = 1
-READS_BELOW = False
 
 
 

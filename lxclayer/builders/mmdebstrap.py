@@ -50,8 +50,6 @@ from ..realise.program import (
 from .base import Artifacts, Context, Result
 
 KIND = "mmdebstrap"
-VERSION = 1
-READS_BELOW = False
 
 
 def sources(s: Settings) -> list[SourceLine]:

@@ -18,8 +18,6 @@ from ..realise.program import build_in_chroot, require_root, require_tool, shown
 from .base import Context, Result
 
 KIND = "script"
-VERSION = 1
-READS_BELOW = True
 
 LAYER_INSIDE = "/run/lxclayer/layer"
 

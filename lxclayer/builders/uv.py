@@ -52,8 +52,6 @@ from ..realise.program import (
 from .base import Artifacts, Context, Result
 
 KIND = "uv"
-VERSION = 1
-READS_BELOW = True
 
 UV_INSIDE = "/run/lxclayer/uv"
 WHEELS_INSIDE = "/run/lxclayer/wheels"
