@@ -24,7 +24,6 @@ import msgspec
 
 from . import hermetic, outputs, snapshots
 from .builders import builder
-from .builders.base import Context
 from .definitions import Layer, Project, rel
 from .errors import BuildError, LockError, StoreCorruption
 from .evaluate import Evaluator, Mode, builder_id, template_definition_digest
@@ -38,6 +37,7 @@ from .outputs.provenance import git_source, write_provenance
 from .outputs.sbom import write_sbom
 from .progress import events as progress_events
 from .progress import sink_of
+from .realise.context import Context
 from .sources import StatCache, cache_for
 from .store import LayerEntry, LayerMeta, Store
 

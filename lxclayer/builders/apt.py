@@ -48,6 +48,7 @@ from ..kinds.apt import (  # noqa: F401 (what the engine asks a builder for)
 )
 from ..lock.model import Artifact
 from ..overlay import OverlayUnavailable
+from ..realise.context import Artifacts, Context, Result
 from ..realise.program import (
     PRISTINE,
     build_in_chroot,
@@ -60,7 +61,6 @@ from ..realise.program import (
     require_tool,
     shown,
 )
-from .base import Artifacts, Context, Result
 
 KIND = "apt"
 

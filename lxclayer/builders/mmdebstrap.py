@@ -38,6 +38,7 @@ from ..debian.repo import make_repo
 from ..errors import BuildError
 from ..kinds.mmdebstrap import COMPONENT_RE, DEFAULT_MIRROR, SUITE_RE, Settings, is_line, validate  # noqa: F401 (what the engine asks a builder for)
 from ..lock.model import Artifact
+from ..realise.context import Artifacts, Context, Result
 from ..realise.program import (
     check_installed,
     installed,
@@ -47,7 +48,6 @@ from ..realise.program import (
     scan_base,
     shown,
 )
-from .base import Artifacts, Context, Result
 
 KIND = "mmdebstrap"
 

@@ -14,8 +14,8 @@ The layer is the difference the script made, normalised like every Debian layer.
 from ..debian.chroot import Bind, Chroot
 from ..errors import BuildError
 from ..kinds.script import Settings, validate  # noqa: F401 (what the engine asks a builder for)
+from ..realise.context import Context, Result
 from ..realise.program import build_in_chroot, require_root, require_tool, shown
-from .base import Context, Result
 
 KIND = "script"
 

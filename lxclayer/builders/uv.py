@@ -41,6 +41,7 @@ from ..kinds.uv import DEFAULT_INDEX, VENV_NAME_RE, VERSION_RE, Settings, Venv, 
 from ..lock.model import Artifact
 from ..manifest import Entry
 from ..progress.events import Program
+from ..realise.context import Artifacts, Context, Result
 from ..realise.program import (
     build_in_chroot,
     installed_from_status,
@@ -49,7 +50,6 @@ from ..realise.program import (
     require_tool,
     shown,
 )
-from .base import Artifacts, Context, Result
 
 KIND = "uv"
 
