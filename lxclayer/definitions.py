@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 
 from . import kinds as kindmods
-from . import outputs
+from . import outputs, settings
 from .boottest.spec import Check, Fault
-from .errors import DefinitionError
+from .errors import DefinitionError, msgspec_key
 from .fsio import read_regular
 from .kinds.base import LAYER_FILE, MODE_RE, Layer, LayerSpec, container_path, parse_mode, rel  # noqa: F401 (re-exported)
 
@@ -81,25 +81,6 @@ class Project:
 
 
 # --- helpers shared with the builders -------------------------------------------------------
-
-
-def msgspec_key(err: msgspec.ValidationError) -> tuple[str | None, str]:
-    """Split msgspec's `reason - at `$.a.b[0]`` into ('a.b[0]', reason)."""
-    text = str(err)
-    key: str | None = None
-    m = re.search(r" - at `\$(.*)`$", text)
-    if m:
-        key = m.group(1).lstrip(".") or None
-        text = text[: m.start()]
-    m = re.match(r"Object contains unknown field `(.+)`", text)
-    if m:
-        key = f"{key}.{m.group(1)}" if key else m.group(1)
-        text = "unknown key (check the spelling; docs/layers.md lists the keys)"
-    m = re.match(r"Object missing required field `(.+)`", text)
-    if m:
-        key = f"{key}.{m.group(1)}" if key else m.group(1)
-        text = "required key is missing"
-    return key, text
 
 
 def read_toml(file: Path, root: Path | None = None) -> dict[str, Any]:
@@ -218,8 +199,6 @@ def template_files(root: Path) -> dict[str, Path]:
 def select_template(root: Path, wanted: str | None) -> tuple[Path, tuple[str, ...]]:
     """The file of the template `wanted` (a name), or of the project's default; and every
     template's name."""
-    from . import settings
-
     files = template_files(root)
     names = tuple(files)
     if wanted is None:

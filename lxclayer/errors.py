@@ -7,6 +7,10 @@ a traceback. Anything else that goes wrong is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
+import msgspec
+
 
 class UserError(Exception):
     """Bad input or an environment the user must fix. Exit code 2."""
@@ -54,3 +58,22 @@ class BuildError(UserError):
 
 class ArchiveError(UserError):
     """An archive given to a command is unreadable or violates the template rules."""
+
+
+def msgspec_key(err: msgspec.ValidationError) -> tuple[str | None, str]:
+    """Split msgspec's `reason - at `$.a.b[0]`` into ('a.b[0]', reason)."""
+    text = str(err)
+    key: str | None = None
+    m = re.search(r" - at `\$(.*)`$", text)
+    if m:
+        key = m.group(1).lstrip(".") or None
+        text = text[: m.start()]
+    m = re.match(r"Object contains unknown field `(.+)`", text)
+    if m:
+        key = f"{key}.{m.group(1)}" if key else m.group(1)
+        text = "unknown key (check the spelling; docs/layers.md lists the keys)"
+    m = re.match(r"Object missing required field `(.+)`", text)
+    if m:
+        key = f"{key}.{m.group(1)}" if key else m.group(1)
+        text = "required key is missing"
+    return key, text
