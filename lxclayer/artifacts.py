@@ -21,12 +21,12 @@ A fallback is a URL template with any of
   (``20261206T112031Z``; from the lock's `resolved_at`),
 
 or ``oci://HOST[:PORT]/REPO``: a registry holding the artifacts as blobs named by their sha256
-(what ``lxclayer cache push --artifacts`` uploads; docs/cache.md).
+(what ``lxclayer cache push --artifacts`` uploads; docs/cache.md). What a fallback may be is
+checked when the settings load (:func:`lxclayer.settings.check_fallback`).
 """
 
 from __future__ import annotations
 
-import string
 import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,9 +34,8 @@ from pathlib import Path
 import msgspec
 
 from .lock.model import Artifact
+from .settings import OCI, load, placeholders
 
-FIELDS = ("sha256", "name", "path", "url", "timestamp")
-OCI = "oci://"
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # snapshot.debian.org's
 RESOLVED_AT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # the lock's `resolved_at`
 
@@ -52,35 +51,6 @@ def snapshot_timestamp(resolved_at: str) -> str:
         return datetime.strptime(resolved_at, RESOLVED_AT_FORMAT).strftime(TIMESTAMP_FORMAT)
     except ValueError:
         return ""
-
-
-def _fields(template: str) -> list[str]:
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-
-
-def check_fallback(text: str) -> str | None:
-    """Why `text` is not a usable fallback, or None."""
-    if text.startswith(OCI):
-        from .registry import parse_reference
-
-        try:
-            parse_reference(text, what="artifacts registry")
-        except Exception as e:  # noqa: BLE001 - the parser's message is the reason
-            return str(getattr(e, "reason", e))
-        return None
-    scheme = urllib.parse.urlsplit(text).scheme
-    if scheme not in ("http", "https", "file"):
-        return f"{text!r} is neither an http(s):// or file:// URL template nor oci://HOST/REPO"
-    try:
-        names = _fields(text)
-    except ValueError as e:
-        return f"{text!r} is not a valid template ({e})"
-    bad = [f for f in names if f not in FIELDS]
-    if bad:
-        return f"unknown placeholder {{{bad[0]}}} (known: {', '.join('{' + f + '}' for f in FIELDS)})"
-    if not {"sha256", "name", "path", "url"} & set(names):
-        return f"{text!r} names no {{sha256}}, {{name}}, {{path}} or {{url}}: every artifact would get the same URL"
-    return None
 
 
 def fetched(a: Artifact) -> bool:
@@ -102,7 +72,7 @@ def artifact_name(a: Artifact) -> str:
 def render(template: str, a: Artifact, *, url: str, resolved_at: str) -> str | None:
     """The URL of `a` under a fallback template; None when it needs a timestamp the lock lacks."""
     ts = snapshot_timestamp(resolved_at)
-    if "timestamp" in _fields(template) and not ts:
+    if "timestamp" in placeholders(template) and not ts:
         return None
     quoted = urllib.parse.quote(artifact_path(a), safe="/+~")
     return template.format(sha256=a.sha256, name=urllib.parse.quote(artifact_name(a), safe="+~"),
@@ -129,8 +99,6 @@ def candidates(a: Artifact, primary: list[str], fallbacks: list[str], *, resolve
 
 def project_fallbacks(root: Path) -> list[str]:
     """`[artifacts] fallbacks` of the project at `root` (checked when the settings load)."""
-    from .settings import load
-
     return list(load(root).artifacts.fallbacks)
 
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import hermetic, outputs, snapshots
+from . import hermetic, kinds, outputs, snapshots
 from .builders import builder
-from .builders.base import Context
 from .definitions import Layer, Project, rel
 from .errors import BuildError, LockError, StoreCorruption
-from .evaluate import Evaluator, Mode, builder_id
+from .evaluate import Derivation, Evaluator, Mode, Pending, builder_id
 from .fsio import remove_stale_temporaries
 from .inputs import Artifacts
 from .lock import parsed as parsed_lock
@@ -38,6 +37,7 @@ from .outputs.provenance import git_source, write_provenance
 from .outputs.sbom import write_sbom
 from .progress import events as progress_events
 from .progress import sink_of
+from .realise.context import Context
 from .sources import StatCache, cache_for
 from .store import LayerEntry, LayerMeta, Store
 
@@ -91,34 +91,19 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
     out: list[LayerPlan] = []
     outputs: list[str | None] = []
     entries: list[LayerEntry | None] = []
-    for i, layer in enumerate(project.layers):
-        mod = builder(layer.kind)
+    for layer in project.layers:
         locked = ev.locked(layer)
         p = LayerPlan(name=layer.name, kind=layer.kind, state="build")
-        below_names = [la.name for la in project.layers[:i]]
-        unknown_below = [n for n, o in zip(below_names, outputs, strict=True) if o is None]
-        artifacts = ev.locked_pins(layer)
-        resolved: dict[str, str] | None = {}
-        if hasattr(mod, "resolved_inputs"):
-            if all(e is not None for e in entries):
-                ctx = layer_context(layer, project, store, [e for e in entries if e], {}, None, mode, False)
-                resolved = mod.resolved_inputs(ctx)
-            else:
-                resolved = locked.resolved if locked else None
-        if artifacts is None or resolved is None or (ev.reads_below(layer) and unknown_below):
-            # The input digest is not known before something else is built or resolved.
-            rec = ev.record(layer, artifacts or {}, resolved or {}, None)
-            p.reasons = ev.reasons(layer, rec, complete=False)
-            if artifacts is None:
-                p.reasons.append("pins are resolved again")
-            if ev.reads_below(layer) and unknown_below:
-                p.reasons.append(f"layer below {unknown_below[-1]} is built first")
-            p.reasons = _dedupe(p.reasons)
+        # The builder reads its facts from the layers below only when the store has them all.
+        ctx = (layer_context(layer, project, store, [e for e in entries if e], {}, None, mode, False)
+               if kinds.spec(layer.kind).facts and all(e is not None for e in entries) else None)
+        drv = derive_layer(ev, layer, outputs, ctx)
+        if isinstance(drv, Pending):  # not known before something else is built or resolved
+            p.reasons = drv.reasons
             out.append(p)
             outputs.append(None)
             entries.append(None)
             continue
-        drv = ev.derive(layer, artifacts, resolved, list(outputs))  # type: ignore[arg-type]
         p.input = drv.input
         try:
             entry = store.lookup(p.input, layer=layer.name)
@@ -140,8 +125,26 @@ def plan(project: Project, store: Store, lock: Lockfile | None, mode: Mode = Mod
     return out
 
 
-def _dedupe(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
+def derive_layer(ev: Evaluator, layer: Layer, outputs_below: list[str | None], ctx: Context | None,
+                 resolve: Callable[[Context], Artifacts] | None = None) -> Derivation | Pending:
+    """The one way a layer is derived, for `plan` and realisation alike: its pins (the lock's
+    while they hold, else what `resolve` pins when realising, else not known), the facts its
+    builder reads (from `ctx`, on the layers below as the store has them; without one, the
+    lock's), and the outputs of the layers below (None: not known yet). The pins become
+    `ctx.artifacts`."""
+    pins = ev.locked_pins(layer)
+    if pins is None and resolve is not None and ctx is not None:
+        pins = resolve(ctx)
+    if ctx is not None and pins is not None:
+        ctx.artifacts = pins
+    facts: dict[str, str] | None = {}
+    if kinds.spec(layer.kind).facts:
+        if ctx is not None:
+            facts = builder(layer.kind).resolved_inputs(ctx)
+        else:
+            locked = ev.locked(layer)
+            facts = locked.resolved if locked else None
+    return ev.derivation(layer, pins, facts, outputs_below)
 
 
 def check_locked(ev: Evaluator) -> None:
@@ -235,19 +238,20 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
     # What the builder's programs, downloads and transfers emit goes to the build's sink, for this layer.
     with progress_events.routed(sink_of(events), layer.name), store.staging(f"build-{layer.name}") as work:
         ctx = layer_context(layer, project, store, below, {}, work, mode, offline, log, snaps)
-        artifacts = ev.locked_pins(layer)
-        if artifacts is None:
+
+        def resolve(ctx: Context) -> Artifacts:
             if mode is Mode.LOCKED:
                 raise LockError(f"layer {layer.name}: pins are not in the lock",
                                 file=rel(project.lock_file, project.root))
             events.log(layer.name, "resolving pins")
             with hermetic.fixed_umask():
-                artifacts = mod.resolve(ctx)
-        ctx.artifacts = artifacts
+                return mod.resolve(ctx)
+
+        drv = derive_layer(ev, layer, [e.output for e in below], ctx, resolve)
+        assert isinstance(drv, Derivation)  # (pins resolved, the layers below built: all is known)
+        artifacts = ctx.artifacts
         if locked is not None and artifacts == locked.artifacts:
             ctx.resolved_at = locked.resolved_at  # ({timestamp} of the artifact fallbacks)
-        resolved = mod.resolved_inputs(ctx) if hasattr(mod, "resolved_inputs") else {}
-        drv = ev.derive(layer, artifacts, resolved, [e.output for e in below])
         p.input = drv.input
         ctx.input = p.input
         if mode is Mode.LOCKED and locked is not None and p.input != locked.input:
@@ -281,7 +285,7 @@ def realise_layer(project: Project, layer: Layer, store: Store, below: list[Laye
                                      layer=layer.name, record=drv.meta_record(),
                                      # The lock records the pins that went into the input digest;
                                      # a builder without pins may still report what it installed.
-                                     artifacts=artifacts if hasattr(mod, "resolve") else reported)
+                                     artifacts=artifacts if kinds.spec(layer.kind).pins else reported)
                     entry = store.publish(meta, entries)
                 else:
                     p.state = "cached"
@@ -346,7 +350,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                     plans.append(p)
                     events.layer_done(p)
                 tree = _checked_tree(entries, project.template.source_date_epoch)
-                stack_lock = assemble_lock(project, entries, [], None)
+                stack_lock = assemble_lock(project, entries, [], None, outputs.compressor_of)
                 pulled: dict[str, list[str]] = {}
                 if shared is not None and (any(p.state != "cached" for p in plans) or not all(
                         (out_dir / outputs.exporter(f).filename(project.template)).exists() for f in formats)):
@@ -379,7 +383,7 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                 shared.upload_outputs(outputs.cache_key(stack_lock, fmt),
                                       lambda fmt=fmt: outputs.kept(store, fmt, stack_lock, entries), store)
         wrote = False
-        new = stamp_resolved_at(assemble_lock(project, entries, archives, lock), lock)
+        new = stamp_resolved_at(assemble_lock(project, entries, archives, lock, outputs.compressor_of), lock)
         if write_lock and mode is Mode.NORMAL:
             if lock is None or locktoml.dumps(new) != locktoml.dumps(lock):
                 locktoml.write(lock_path, new)

@@ -19,9 +19,10 @@ from typing import Any
 import msgspec
 
 from . import kinds as kindmods
-from . import outputs
+from . import settings
 from .boottest.spec import Check, Fault
 from .errors import DefinitionError, msgspec_key
+from .formats import FORMATS
 from .fsio import read_regular
 from .kinds.base import LAYER_FILE, MODE_RE, Layer, LayerSpec, container_path, parse_mode, rel  # noqa: F401 (re-exported)
 
@@ -199,8 +200,6 @@ def template_files(root: Path) -> dict[str, Path]:
 def select_template(root: Path, wanted: str | None) -> tuple[Path, tuple[str, ...]]:
     """The file of the template `wanted` (a name), or of the project's default; and every
     template's name."""
-    from . import settings
-
     files = template_files(root)
     names = tuple(files)
     if wanted is None:
@@ -237,8 +236,8 @@ def load_template(file: Path, root: Path) -> Template:
     if not tpl.formats:
         raise DefinitionError("at least one format is needed", file=shown, key="formats")
     for i, fmt in enumerate(tpl.formats):
-        if fmt not in outputs.FORMATS:
-            raise DefinitionError(f"unknown format {fmt!r} (one of: {', '.join(outputs.FORMATS)})",
+        if fmt not in FORMATS:
+            raise DefinitionError(f"unknown format {fmt!r} (one of: {', '.join(FORMATS)})",
                                   file=shown, key=f"formats[{i}]")
     if tpl.source_date_epoch < 0 or tpl.source_date_epoch > 2**33:
         raise DefinitionError("must be a Unix time in seconds", file=shown, key="source_date_epoch")

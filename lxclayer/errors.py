@@ -8,10 +8,8 @@ a traceback. Anything else that goes wrong is a bug and keeps its traceback.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import msgspec
+import msgspec
 
 
 class UserError(Exception):

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from .builders import builder
+from . import kinds
 from .definitions import Layer, Project
 from .digest import digest
 from .errors import StoreCorruption
@@ -58,8 +58,18 @@ class Derivation:
         return rec
 
 
+@dataclass
+class Pending:
+    """A layer whose derivation is not known before something is built or resolved (`plan`):
+    the record as far as it is known, and why."""
+
+    layer: Layer
+    record: InputRecord  # without the pins, facts or outputs below that are not known
+    reasons: list[str]
+
+
 def builder_id(layer: Layer) -> str:
-    return f"{layer.kind}/{builder(layer.kind).VERSION}"
+    return f"{layer.kind}/{kinds.spec(layer.kind).version}"
 
 
 def template_definition_digest(project: Project) -> str:
@@ -116,12 +126,12 @@ class Evaluator:
     def locked_pins(self, layer: Layer, mode: Mode | None = None) -> Artifacts | None:
         """The pins a build of `layer` uses without resolving: none for a builder without pins,
         the lock's where they still hold, else None (they must be resolved again)."""
-        if not hasattr(builder(layer.kind), "resolve"):
+        if not kinds.spec(layer.kind).pins:
             return {}
         return self.locked(layer).artifacts if self.pins_reusable(layer, mode) else None  # type: ignore[union-attr]
 
     def reads_below(self, layer: Layer) -> bool:
-        return bool(builder(layer.kind).READS_BELOW)
+        return kinds.spec(layer.kind).reads_below
 
     # --- derivations ----------------------------------------------------------------------------
 
@@ -142,6 +152,23 @@ class Evaluator:
         rec = self.record(layer, artifacts, resolved, parents)
         return Derivation(layer=layer, record=rec, input=rec.digest(),
                           settings_data=self.static(layer).settings_data)
+
+    def derivation(self, layer: Layer, pins: Artifacts | None, facts: dict[str, str] | None,
+                   outputs_below: list[str | None]) -> Derivation | Pending:
+        """The derivation of `layer` from what is known of it: its pins and facts (None: not
+        known yet) and the outputs of the layers below (None for one not known yet). Pending,
+        with the reasons in words, while any of them that its input depends on is unknown."""
+        names = self.below_names(layer)
+        unknown = [n for n, o in zip(names, outputs_below, strict=True) if o is None] if self.reads_below(layer) else []
+        if pins is None or facts is None or unknown:
+            rec = self.record(layer, pins or {}, facts or {}, None)
+            reasons = self.reasons(layer, rec, complete=False)
+            if pins is None:
+                reasons.append("pins are resolved again")
+            if unknown:
+                reasons.append(f"layer below {unknown[-1]} is built first")
+            return Pending(layer=layer, record=rec, reasons=list(dict.fromkeys(reasons)))
+        return self.derive(layer, pins, facts, outputs_below)  # type: ignore[arg-type]
 
     def from_lock(self, layer: Layer) -> Derivation | None:
         """The derivation the lock describes for `layer` as it is defined now (its pins and the

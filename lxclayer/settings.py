@@ -18,15 +18,20 @@ Checked like a layer file: an unknown key or a wrong type is refused naming the 
 
 from __future__ import annotations
 
+import string
 import tomllib
+import urllib.parse
 from pathlib import Path
 
 import msgspec
 
-from .errors import DefinitionError
+from .errors import DefinitionError, msgspec_key
 
 SETTINGS_FILE = "lxclayer.toml"
 CACHE_MODES = ("pull", "push")
+# What an [artifacts] fallback may name (rendered by lxclayer.artifacts), or an OCI registry.
+FIELDS = ("sha256", "name", "path", "url", "timestamp")
+OCI = "oci://"
 
 
 class ProjectTable(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
@@ -66,17 +71,43 @@ def load(root: Path) -> Settings:
     try:
         s = msgspec.convert(data, Settings)
     except msgspec.ValidationError as e:
-        from .definitions import msgspec_key
-
         key, why = msgspec_key(e)
         raise DefinitionError(why, file=SETTINGS_FILE, key=key) from None
     if s.cache.mode and s.cache.mode not in CACHE_MODES:
         raise DefinitionError(f"must be one of {', '.join(CACHE_MODES)}, not {s.cache.mode!r}",
                               file=SETTINGS_FILE, key="cache.mode")
-    from .artifacts import check_fallback
-
     for i, f in enumerate(s.artifacts.fallbacks):
         why = check_fallback(f)
         if why:
             raise DefinitionError(why, file=SETTINGS_FILE, key=f"artifacts.fallbacks[{i}]")
     return s
+
+
+def placeholders(template: str) -> list[str]:
+    """The {placeholders} of a fallback URL template (ValueError: not a valid template)."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
+def check_fallback(text: str) -> str | None:
+    """Why `text` is not a usable fallback, or None."""
+    if text.startswith(OCI):
+        from .registry import parse_reference
+
+        try:
+            parse_reference(text, what="artifacts registry")
+        except Exception as e:  # noqa: BLE001 - the parser's message is the reason
+            return str(getattr(e, "reason", e))
+        return None
+    scheme = urllib.parse.urlsplit(text).scheme
+    if scheme not in ("http", "https", "file"):
+        return f"{text!r} is neither an http(s):// or file:// URL template nor oci://HOST/REPO"
+    try:
+        names = placeholders(text)
+    except ValueError as e:
+        return f"{text!r} is not a valid template ({e})"
+    bad = [f for f in names if f not in FIELDS]
+    if bad:
+        return f"unknown placeholder {{{bad[0]}}} (known: {', '.join('{' + f + '}' for f in FIELDS)})"
+    if not {"sha256", "name", "path", "url"} & set(names):
+        return f"{text!r} names no {{sha256}}, {{name}}, {{path}} or {{url}}: every artifact would get the same URL"
+    return None

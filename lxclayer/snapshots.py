@@ -212,7 +212,7 @@ def adopt(store: Store, input_digest: str, output: str, upper: Path, *, mtime: i
 
 
 def _runtime(rel: str, name: str) -> bool:
-    """Inside dev, proc or sys (never part of a layer; see lxclayer.debian.layer.RUNTIME_DIRS)."""
+    """Inside dev, proc or sys (never part of a layer; see lxclayer.realise.program.RUNTIME_DIRS)."""
     head = (name if rel == "." else rel).split("/", 1)[0]
     return rel != "." and head in ("dev", "proc", "sys")
 

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from lxclayer.artifacts import artifacts_tag, candidates, check_fallback, push_artifacts
+from lxclayer.artifacts import artifacts_tag, candidates, push_artifacts
 from lxclayer.debian import fetch
 from lxclayer.errors import BuildError
 from lxclayer.lock.model import LOCK_VERSION, Artifact, LockedLayer, LockedTemplate, Lockfile
+from lxclayer.settings import check_fallback
 from lxclayer.store import Store
 
 from .conftest import run_cli, write_project

@@ -4,6 +4,10 @@
   reaches the store's areas through the `Store` interface;
 - no module uses another lxclayer module's private names (`from .x import _y`, or `x._y` on an
   imported module): what crosses a module's edge is public;
+- no import cycle among lxclayer's modules, counting every import statement wherever it is (at
+  module level, inside a function, under `if TYPE_CHECKING:`): a late import that only dodges a
+  cycle hides the cycle, it does not remove it; and none among its packages (folders), so that
+  e.g. builders/ may use debian/ and realise/ but neither of those uses builders/;
 - the store (lxclayer/store/) imports nothing of the lockfile (lxclayer/lock/), at any level.
 """
 
@@ -41,6 +45,92 @@ def resolve(mod: str, f: Path, node: ast.ImportFrom) -> str | None:
         package = package[: len(package) - (node.level - 1)]
         base = ".".join(package + ([node.module] if node.module else []))
     return base if base == "lxclayer" or base.startswith("lxclayer.") else None
+
+
+def imports(mod: str, f: Path, known: dict[str, Path]) -> dict[str, str]:
+    """The lxclayer modules `mod` imports, each with where it first does (`mod:line`), from
+    every import statement in the file. Importing `a.b.c` runs `a.b` (a package's __init__) too."""
+    out: dict[str, str] = {}
+
+    def add(target: str, line: int) -> None:
+        parts = target.split(".")
+        for i in range(2, len(parts) + 1):
+            t = ".".join(parts[:i])
+            # (a module's own packages are running already when it is imported)
+            if t in known and t != mod and not mod.startswith(t + "."):
+                out.setdefault(t, f"{mod}:{line}")
+
+    for node in ast.walk(ast.parse(f.read_text(), str(f))):
+        if isinstance(node, ast.ImportFrom):
+            src = resolve(mod, f, node)
+            if src is not None:
+                for a in node.names:
+                    add(f"{src}.{a.name}" if f"{src}.{a.name}" in known else src, node.lineno)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("lxclayer."):
+                    add(a.name, node.lineno)
+    return out
+
+
+def cycles(graph: dict[str, dict[str, str]]) -> list[list[str]]:
+    """The strongly connected parts of `graph` with more than one node (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def shown_cycles(graph: dict[str, dict[str, str]]) -> list[str]:
+    """Each cycle as the imports that make it (`a -> b (at a:12)`)."""
+    return ["; ".join(f"{a} -> {b} (at {where})" for a in part for b, where in sorted(graph[a].items()) if b in part)
+            for part in cycles(graph)]
+
+
+def module_graph() -> dict[str, dict[str, str]]:
+    known = modules()
+    return {mod: imports(mod, f, known) for mod, f in known.items()}
+
+
+def package_graph(graph: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The import graph between lxclayer's packages (its folders: builders, debian, store, ...)."""
+    packages = {".".join(f.relative_to(PKG.parent).parts[:2]) for f in PKG.glob("*/__init__.py")}
+
+    def package(mod: str) -> str | None:
+        p = ".".join(mod.split(".")[:2])
+        return p if p in packages else None
+
+    out: dict[str, dict[str, str]] = {p: {} for p in packages}
+    for a, targets in graph.items():
+        for b, where in targets.items():
+            pa, pb = package(a), package(b)
+            if pa and pb and pa != pb:
+                out[pa].setdefault(pb, f"{where} -> {b}")
+    return out
 
 
 def private_uses(mod: str, f: Path, known: dict[str, Path]) -> list[str]:
@@ -107,6 +197,14 @@ def test_the_store_imports_nothing_of_the_lockfile():
     assert offenders == []
 
 
+def test_no_import_cycle_even_through_a_late_import():
+    assert shown_cycles(module_graph()) == []
+
+
+def test_no_two_packages_import_each_other():
+    assert shown_cycles(package_graph(module_graph())) == []
+
+
 def test_the_checks_catch_what_they_look_for(tmp_path):
     """Both checks see the forms they forbid (so that an empty list above means something)."""
     f = tmp_path / "m.py"
@@ -122,3 +220,24 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     g = tmp_path / "s.py"
     g.write_text("def f():\n    from ..lock.model import Artifact\n")
     assert "lxclayer.lock.model" in imported("lxclayer.store.s", g)
+    # an import inside a function, and one only for the type checker, are edges too
+    a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
+    a.write_text("from . import b\n")
+    b.write_text("def f():\n    from .c import g\n")
+    c.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lxclayer.a import A\n")
+    known = {"lxclayer.a": a, "lxclayer.b": b, "lxclayer.c": c}
+    graph = {m: imports(m, f, known) for m, f in known.items()}
+    assert shown_cycles(graph) == ["lxclayer.a -> lxclayer.b (at lxclayer.a:1); lxclayer.b -> lxclayer.c (at lxclayer.b:2);"
+                                   " lxclayer.c -> lxclayer.a (at lxclayer.c:3)"]
+
+
+def test_each_builder_has_what_its_kinds_spec_says():
+    """Evaluation reads a kind's BuilderSpec instead of its builder: the two must agree (a
+    builder with `resolve` whose spec says no pins would have its pins ignored)."""
+    from lxclayer import builders, kinds
+
+    assert sorted(builders.registry()) == kinds.names()
+    for name in kinds.names():
+        spec, mod = kinds.spec(name), builders.builder(name)
+        assert (hasattr(mod, "resolve"), hasattr(mod, "resolved_inputs")) == (spec.pins, spec.facts), name
+        assert not hasattr(mod, "VERSION") and not hasattr(mod, "READS_BELOW"), name  # one source of truth

@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 
 from lxclayer.builders import mmdebstrap as mm
-from lxclayer.builders.base import Context
 from lxclayer.debian import apt as dapt
 from lxclayer.debian import chroot, fetch, normalise, repo, wheels
 from lxclayer.debian.deb822 import format_paragraph, paragraphs
 from lxclayer.debian.debfile import control_fields
-from lxclayer.debian.layer import check_installed, installed_from_status, kept, layer_tree
 from lxclayer.definitions import load_project
 from lxclayer.errors import BuildError, DefinitionError
 from lxclayer.lock.model import Artifact
 from lxclayer.manifest import Entry
+from lxclayer.realise.context import Context
+from lxclayer.realise.program import check_installed, installed_from_status, kept, layer_tree
 from lxclayer.store import Store
 
 SDE = 1700000000

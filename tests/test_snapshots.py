@@ -350,7 +350,7 @@ def test_an_adopted_upper_dir_shows_the_same_tree_as_a_snapshot_made_from_the_en
     if p.returncode == 97:
         unavailable(f"overlayfs is not available here: {p.stderr.decode().strip()}")
     assert p.returncode == 0, p.stderr.decode()
-    from lxclayer.debian.layer import layer_tree
+    from lxclayer.realise.program import layer_tree
 
     entries = sorted_entries(diff(base, layer_tree(snapshots.upper_changes(upper, base, store, mtime_clamp=SDE))))
     assert {"var/lib/fifo", "opt", "etc/gone"} <= {e.path for e in entries}

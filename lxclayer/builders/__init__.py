@@ -2,15 +2,19 @@
 
 A builder module defines:
 
-- ``KIND`` (the ``kind`` in layer.toml) and ``VERSION`` (bumped when its output changes for the
-  same inputs; it is part of every input digest it makes);
+- ``KIND`` (the ``kind`` in layer.toml);
 - ``Settings`` and ``validate``, imported from its kind's module in :mod:`lxclayer.kinds` (the
   settings are definitions' business; definitions import kinds, never builders);
-- ``READS_BELOW``: whether what it builds depends on the layers below (then their output
-  digests are part of its input digest);
-- ``realise(ctx) -> Result``: build the layer (see :mod:`lxclayer.builders.base`);
-- optionally ``resolve(ctx) -> artifacts`` (pin what it installs) and
-  ``resolved_inputs(ctx) -> dict`` (facts read from the stack below that its output depends on).
+- ``realise(ctx) -> Result``: build the layer (see :mod:`lxclayer.realise.context`);
+- ``resolve(ctx) -> artifacts`` (pin what it installs) when its kind's spec says ``pins``, and
+  ``resolved_inputs(ctx) -> dict`` (facts read from the stack below or the host that its output
+  depends on) when it says ``facts``.
+
+What evaluation needs to know of a builder is its kind's ``SPEC`` (a
+:class:`lxclayer.kinds.base.BuilderSpec`: ``version``, bumped when the output changes for the
+same inputs and part of every input digest; ``reads_below``, whether the output digests of the
+layers below are part of its input digest; ``pins``; ``facts``), so that evaluation imports no
+builder. A test checks that each builder has ``resolve`` and ``resolved_inputs`` as its spec says.
 
 Adding a kind is a module here and one in :mod:`lxclayer.kinds`, each named in its ``MODULES``.
 """

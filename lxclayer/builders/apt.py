@@ -33,18 +33,6 @@ from ..debian.apt import (
 from ..debian.chroot import OVERLAY_UNAVAILABLE, Bind, Chroot
 from ..debian.deb822 import paragraphs
 from ..debian.fetch import deb_urls, fetch_all, link_or_copy
-from ..debian.layer import (
-    PRISTINE,
-    build_in_chroot,
-    check_installed,
-    chroot_on,
-    installed,
-    lower_text,
-    on_snapshots,
-    require_root,
-    require_tool,
-    shown,
-)
 from ..debian.normalise import normalise
 from ..errors import BuildError
 from ..kinds.apt import (  # noqa: F401 (what the engine asks a builder for)
@@ -60,11 +48,21 @@ from ..kinds.apt import (  # noqa: F401 (what the engine asks a builder for)
 )
 from ..lock.model import Artifact
 from ..overlay import OverlayUnavailable
-from .base import Artifacts, Context, Result
+from ..realise.context import Artifacts, Context, Result
+from ..realise.program import (
+    PRISTINE,
+    build_in_chroot,
+    check_installed,
+    chroot_on,
+    installed,
+    lower_text,
+    on_snapshots,
+    require_root,
+    require_tool,
+    shown,
+)
 
 KIND = "apt"
-VERSION = 1
-READS_BELOW = True
 
 DEBS_INSIDE = "/run/lxclayer/debs"
 

@@ -12,12 +12,10 @@ from ..definitions import container_path, parse_mode, rel
 from ..errors import BuildError, DefinitionError
 from ..kinds.files import NAME_RE, Rule, Settings, is_id, root_dir, validate  # noqa: F401 (what the engine asks a builder for)
 from ..manifest import Entry, sorted_entries
+from ..realise.context import Context, Result
 from ..sources import read_source, scan_sources
-from .base import Context, Result
 
 KIND = "files"
-VERSION = 1
-READS_BELOW = False
 
 
 @cache

@@ -21,12 +21,10 @@ from ..errors import BuildError, UserError
 from ..kinds.importtar import SHA256_HEX, Settings, validate  # noqa: F401 (what the engine asks a builder for)
 from ..lock.model import Artifact
 from ..manifest import Entry, sorted_entries
+from ..realise.context import Context, Result
 from ..scan import kept_xattr
-from .base import Context, Result
 
 KIND = "import"
-VERSION = 1
-READS_BELOW = False
 
 
 

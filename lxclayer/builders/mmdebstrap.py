@@ -33,7 +33,13 @@ from ..debian.apt import (
 )
 from ..debian.chroot import run_isolated, sweep, terminate_as_exit
 from ..debian.fetch import deb_urls, fetch_all
-from ..debian.layer import (
+from ..debian.normalise import normalise
+from ..debian.repo import make_repo
+from ..errors import BuildError
+from ..kinds.mmdebstrap import COMPONENT_RE, DEFAULT_MIRROR, SUITE_RE, Settings, is_line, validate  # noqa: F401 (what the engine asks a builder for)
+from ..lock.model import Artifact
+from ..realise.context import Artifacts, Context, Result
+from ..realise.program import (
     check_installed,
     installed,
     keep_as_snapshot,
@@ -42,16 +48,8 @@ from ..debian.layer import (
     scan_base,
     shown,
 )
-from ..debian.normalise import normalise
-from ..debian.repo import make_repo
-from ..errors import BuildError
-from ..kinds.mmdebstrap import COMPONENT_RE, DEFAULT_MIRROR, SUITE_RE, Settings, is_line, validate  # noqa: F401 (what the engine asks a builder for)
-from ..lock.model import Artifact
-from .base import Artifacts, Context, Result
 
 KIND = "mmdebstrap"
-VERSION = 1
-READS_BELOW = False
 
 
 def sources(s: Settings) -> list[SourceLine]:

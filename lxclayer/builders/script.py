@@ -12,14 +12,12 @@ The layer is the difference the script made, normalised like every Debian layer.
 
 
 from ..debian.chroot import Bind, Chroot
-from ..debian.layer import build_in_chroot, require_root, require_tool, shown
 from ..errors import BuildError
 from ..kinds.script import Settings, validate  # noqa: F401 (what the engine asks a builder for)
-from .base import Context, Result
+from ..realise.context import Context, Result
+from ..realise.program import build_in_chroot, require_root, require_tool, shown
 
 KIND = "script"
-VERSION = 1
-READS_BELOW = True
 
 LAYER_INSIDE = "/run/lxclayer/layer"
 

@@ -27,14 +27,6 @@ from .. import hermetic
 from ..artifacts import places_for
 from ..debian.chroot import Bind, Chroot
 from ..debian.fetch import fetch_all, link_or_copy
-from ..debian.layer import (
-    build_in_chroot,
-    installed_from_status,
-    lower_status,
-    require_root,
-    require_tool,
-    shown,
-)
 from ..debian.wheels import (
     ARCH,
     Target,
@@ -51,11 +43,17 @@ from ..kinds.uv import DEFAULT_INDEX, VENV_NAME_RE, VERSION_RE, Settings, Venv, 
 from ..lock.model import Artifact
 from ..manifest import Entry
 from ..progress.events import Program
-from .base import Artifacts, Context, Result
+from ..realise.context import Artifacts, Context, Result
+from ..realise.program import (
+    build_in_chroot,
+    installed_from_status,
+    lower_status,
+    require_root,
+    require_tool,
+    shown,
+)
 
 KIND = "uv"
-VERSION = 1
-READS_BELOW = True
 
 UV_INSIDE = "/run/lxclayer/uv"
 WHEELS_INSIDE = "/run/lxclayer/wheels"

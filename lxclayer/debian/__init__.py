@@ -8,5 +8,7 @@
 - :mod:`.chroot`: running programs in a root file system in a private mount and pid
   namespace, so that no mount survives the program, whatever happens to lxclayer.
 - :mod:`.normalise`: the reproducibility clean-up applied to every layer before it is stored.
-- :mod:`.layer`: what the chroot builders share (materialise, run, normalise, diff).
+
+What the chroot builders share (materialise, run, normalise, diff) is realisation's engine,
+:mod:`lxclayer.realise.program`.
 """

@@ -15,10 +15,11 @@ from ..debian.apt import (
 )
 from ..errors import DefinitionError
 from ..sources import read_source
-from .base import Layer, LayerSpec
+from .base import BuilderSpec, Layer, LayerSpec
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 KIND = "apt"
+SPEC = BuilderSpec(version=1, reads_below=True, pins=True)
 SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_/-]*$")
 COMPONENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 FPR_RE = re.compile(r"^[0-9A-F]{40}$|^[0-9A-F]{64}$")

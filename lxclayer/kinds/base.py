@@ -19,6 +19,22 @@ LAYER_FILE = "layer.toml"
 MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 
 
+class BuilderSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What evaluation knows of a kind's builder without importing it (the builder, in
+    lxclayer.builders, has the code; a test checks that the two agree)."""
+
+    # Bumped when the builder's output changes for the same inputs: part of every input digest
+    # it makes (`kind/version`, the record's `builder`).
+    version: int
+    # Its output depends on the layers below: their output digests are part of its input digest.
+    reads_below: bool
+    # It pins what it installs (`resolve(ctx)`): the lock's pins hold while settings and sources do.
+    pins: bool = False
+    # It reads facts its output depends on from the stack below or the host
+    # (`resolved_inputs(ctx)`): part of the input record (`resolved`) and the lock.
+    facts: bool = False
+
+
 class LayerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
     """Settings every layer kind has. Builders subclass it with `tag="<kind>"`."""
 

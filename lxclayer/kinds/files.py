@@ -9,9 +9,10 @@ import msgspec
 
 from ..errors import DefinitionError
 from ..sources import ignored_under, shown_name
-from .base import Layer, LayerSpec, container_path, parse_mode
+from .base import BuilderSpec, Layer, LayerSpec, container_path, parse_mode
 
 KIND = "files"
+SPEC = BuilderSpec(version=1, reads_below=False, facts=True)
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")  # a user or group name (as useradd takes it)
 
 

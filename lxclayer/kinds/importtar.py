@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from ..errors import DefinitionError
-from .base import Layer, LayerSpec
+from .base import BuilderSpec, Layer, LayerSpec
 
 SHA256_HEX = 64
 KIND = "import"
+SPEC = BuilderSpec(version=1, reads_below=False, pins=True)
 
 
 class Settings(LayerSpec, tag=KIND):

@@ -12,9 +12,10 @@ from ..debian.apt import (
     parse_source_line,
 )
 from ..errors import DefinitionError
-from .base import Layer, LayerSpec
+from .base import BuilderSpec, Layer, LayerSpec
 
 KIND = "mmdebstrap"
+SPEC = BuilderSpec(version=1, reads_below=False, pins=True, facts=True)
 SUITE_RE = re.compile(r"^[a-z0-9][a-z0-9.+_/-]*$")
 COMPONENT_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*$")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from ..errors import DefinitionError
-from .base import Layer, LayerSpec
+from .base import BuilderSpec, Layer, LayerSpec
 
 KIND = "script"
+SPEC = BuilderSpec(version=1, reads_below=True)
 
 
 class Settings(LayerSpec, tag=KIND):

@@ -8,9 +8,10 @@ from pathlib import PurePosixPath
 import msgspec
 
 from ..errors import DefinitionError
-from .base import Layer, LayerSpec, container_path
+from .base import BuilderSpec, Layer, LayerSpec, container_path
 
 KIND = "uv"
+SPEC = BuilderSpec(version=1, reads_below=True, pins=True)
 VERSION_RE = re.compile(r"^\d+(\.\d+){1,3}([a-z0-9.+-]*)$")
 VENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DEFAULT_INDEX = "https://pypi.org/simple"

@@ -7,20 +7,35 @@ The store knows nothing of the lockfile: its entries record their artifacts as
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
 import msgspec
 
-from .. import outputs
 from ..definitions import Project
 from ..evaluate import template_definition_digest
-from ..outputs import ArchiveInfo
 from ..store import LayerEntry
 from .model import LOCK_VERSION, Artifact, LockedArchive, LockedLayer, LockedTemplate, Lockfile
 
 
-def assemble_lock(project: Project, entries: list[LayerEntry], archives: list[ArchiveInfo],
-                  old: Lockfile | None) -> Lockfile:
+class MadeArchive(Protocol):
+    """What the lock records of an archive an exporter made (`outputs.ArchiveInfo` is one; the
+    lock does not import the outputs, which read locks)."""
+
+    format: str
+    path: Path
+    sha256: str
+    size: int
+    image: str
+
+
+def assemble_lock(project: Project, entries: list[LayerEntry], archives: list[MadeArchive],
+                  old: Lockfile | None, compressor_of: Callable[[str], str | None]) -> Lockfile:
     """The lock of `project` built to `entries` (its layers', bottom first) with `archives`;
-    an `old` lock of the same stack gives the archives of formats not made this time."""
+    an `old` lock of the same stack gives the archives of formats not made this time.
+    `compressor_of(format)` is the identity of today's compressor of a format (None: a format
+    this lxclayer does not know)."""
     layers: dict[str, LockedLayer] = {}
     for layer, entry in zip(project.layers, entries, strict=True):
         rec = entry.meta.record
@@ -38,11 +53,11 @@ def assemble_lock(project: Project, entries: list[LayerEntry], archives: list[Ar
     # the stack is unchanged (`build --format tar.zst` must not drop the lock's tar.gz).
     archives_map = {a.format: LockedArchive(file=a.path.name, sha256=a.sha256, size=a.size, image=a.image)
                     for a in archives}
-    compressors = {a.format: outputs.exporter(a.format).compressor() for a in archives}
+    compressors = {a.format: compressor_of(a.format) or "" for a in archives}
     if old is not None and [la.output for la in old.layers.values()] == [la.output for la in layers.values()]:
         for fmt, arch in old.template.archives.items():
-            if (fmt not in archives_map and fmt in outputs.FORMATS
-                    and old.template.compressor.get(fmt) == outputs.exporter(fmt).compressor()):
+            if (fmt not in archives_map and compressor_of(fmt) is not None
+                    and old.template.compressor.get(fmt) == compressor_of(fmt)):
                 archives_map[fmt] = arch
                 compressors[fmt] = old.template.compressor[fmt]
     archives_map = dict(sorted(archives_map.items()))

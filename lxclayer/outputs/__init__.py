@@ -1,7 +1,7 @@
 """Outputs: exporters registered by format, each owning its file name, its lock entry, what it
 keeps in the store and its check (see :mod:`.base`).
 
-Adding a format is one module with an :class:`~.base.Exporter` and one line in `FORMATS`. The
+Adding a format is one module with an :class:`~.base.Exporter` and one line in `lxclayer.formats.FORMATS`. The
 registry names formats without importing their modules, so loading a definition stays cheap.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from ..formats import FORMATS
 from .base import ArchiveInfo, Exporter, ExportJob
 
 if TYPE_CHECKING:
@@ -19,16 +20,13 @@ if TYPE_CHECKING:
     from ..lock.model import Lockfile
     from ..store import LayerEntry, Store
 
-# format -> module under lxclayer.outputs that defines EXPORTERS (a dict format -> Exporter)
-FORMATS: dict[str, str] = {
-    "tar.gz": "tarball",
-    "tar.zst": "tarball",
-    "oci": "oci",
-}
-
-
 def names() -> list[str]:
     return list(FORMATS)
+
+
+def compressor_of(fmt: str) -> str | None:
+    """The identity of today's compressor of `fmt` as the lock records it (None: unknown format)."""
+    return exporter(fmt).compressor() if fmt in FORMATS else None
 
 
 def exporter(fmt: str) -> Exporter:

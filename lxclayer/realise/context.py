@@ -1,4 +1,5 @@
-"""What the engine hands a builder, and what a builder hands back."""
+"""What realisation hands a builder (`Context`: the layer, the stack below, its pins, a work
+folder), and what a builder hands back (`Result`)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -6,7 +7,8 @@ from pathlib import Path
 
 from ..definitions import Layer, Project
 from ..lock.model import Artifact
-from ..manifest import Entry, merge
+from ..manifest import Entry, find, merge
+from ..materialise import materialise
 from ..snapshots import Policy
 from ..store import LayerEntry, Store
 
@@ -49,8 +51,6 @@ class Context:
     def lower_file(self, path: str) -> Entry | None:
         """The entry for `path` in the stack below (None if absent or deleted), found without
         merging the whole stack."""
-        from ..manifest import find
-
         parents = []
         p = path.rpartition("/")[0]
         while p:
@@ -68,8 +68,6 @@ class Context:
 
     def materialise_below(self, dest: Path) -> dict[str, Entry]:
         """Write the stack below into `dest` (needs root); returns path -> entry of what it wrote."""
-        from ..materialise import materialise
-
         tree = self.lower_tree()
         materialise(tree, dest, self.store)
         return {e.path: e for e in tree}

@@ -14,7 +14,9 @@ from pathlib import Path
 import msgspec
 
 from .. import hermetic, snapshots
-from ..builders.base import Context
+from ..debian.chroot import Bind, Chroot, terminate_as_exit
+from ..debian.deb822 import paragraphs
+from ..debian.normalise import normalise
 from ..definitions import rel
 from ..digest import digest
 from ..errors import BuildError
@@ -23,9 +25,7 @@ from ..manifest import Entry, diff, sorted_entries
 from ..overlay import OverlayUnavailable, StackMount
 from ..scan import scan_dir
 from ..snapshots import upper_changes
-from .chroot import Bind, Chroot, terminate_as_exit
-from .deb822 import paragraphs
-from .normalise import normalise
+from .context import Context
 
 # Contents of these folders are made at run time (kernel file systems, /dev by LXC) and are
 # never part of a layer; the folders themselves are.
