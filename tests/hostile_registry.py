@@ -90,9 +90,9 @@ class HostileRegistry:
     def __init__(self, mode: str = "honest", *, file_size: int = 9, bomb_size: int = 768 << 20,
                  trickle: float = 2.0, delay: float = 1.0, challenge: str = "", builder: str | None = None):
         if builder is None:
-            from lxclayer.builders import builder as builder_module
+            from lxclayer import kinds
 
-            builder = "hostile/0" if mode == "honest" else f"import/{builder_module('import').VERSION}"
+            builder = "hostile/0" if mode == "honest" else f"import/{kinds.spec('import').version}"
         self.builder = builder
         self.mode, self.file_size, self.bomb_size = mode, file_size, bomb_size
         self.trickle, self.delay, self.challenge = trickle, delay, challenge
