@@ -377,6 +377,10 @@ def test_an_interrupted_build_leaves_no_mount(built, tmp_path, sig, exc):
             time.sleep(0.1)
 
     t = threading.Thread(target=interrupt, daemon=True)
+    # Ctrl-C as a user's terminal delivers it: a run started in the background by a shell without
+    # job control (nohup, `cmd &` in a script) inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     t.start()
     start = time.monotonic()
     try:
@@ -384,6 +388,7 @@ def test_an_interrupted_build_leaves_no_mount(built, tmp_path, sig, exc):
             build(load_project(project), st, out_dir=tmp_path / "dist", write_lock=False)
     finally:
         stop.set()
+        signal.signal(signal.SIGINT, old)
     assert time.monotonic() - start < 300
     assert mounts_under(built.store_a) == []
     assert _processes_under(built.store_a) == []
