@@ -202,6 +202,13 @@ class FaultProxy:
         http_support.stop(self.server)
 
 
+def auth_file(path: Path, address: str) -> Path:
+    """A docker-style auth file at `path` holding the test registry's credentials for `address`."""
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    path.write_text(json.dumps({"auths": {address: {"auth": token}}}))
+    return path
+
+
 def blob_get(method: str, path: str) -> bool:
     return method == "GET" and "/blobs/sha256:" in path
 

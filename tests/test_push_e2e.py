@@ -3,7 +3,6 @@ loopback, htpasswd auth), found again with skopeo and through the referrers fall
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 
@@ -15,7 +14,7 @@ from lxclayer.push import SBOM_TYPE
 
 from .conftest import run_cli, write_project
 from .e2e_support import require_tools
-from .registry_support import PASSWORD, USER, registry_fixture
+from .registry_support import PASSWORD, USER, auth_file, registry_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -25,10 +24,7 @@ registry = registry_fixture()
 
 @pytest.fixture
 def auth(tmp_path, registry):
-    f = tmp_path / "auth.json"
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    f.write_text(json.dumps({"auths": {registry.address: {"auth": token}}}))
-    return f
+    return auth_file(tmp_path / "auth.json", registry.address)
 
 
 def _push(proj, store, ref, auth, *extra):

@@ -30,7 +30,15 @@ from lxclayer.registry import (
 )
 
 from .e2e_support import require_tools
-from .registry_support import PASSWORD, USER, FaultProxy, Registry, blob_get, registry_fixture
+from .registry_support import (
+    PASSWORD,
+    USER,
+    FaultProxy,
+    Registry,
+    auth_file,
+    blob_get,
+    registry_fixture,
+)
 
 pytestmark = pytest.mark.e2e
 FAST = RetryPolicy(attempts=3, first_delay=0.05, max_delay=0.2, total=5)
@@ -45,11 +53,7 @@ registry = registry_fixture()
 
 @pytest.fixture
 def auth(tmp_path):
-    import base64
-    f = tmp_path / "auth.json"
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    f.write_text(json.dumps({"auths": {"127.0.0.1": {"auth": token}}}))
-    return f
+    return auth_file(tmp_path / "auth.json", "127.0.0.1")
 
 
 def client(address, repo, auth, **kw):

@@ -16,7 +16,7 @@ import pytest
 from .conftest import TEMPLATE, run_cli, write_project
 from .e2e_support import require_tools
 from .node_support import node_fixture
-from .registry_support import PASSWORD, USER, FaultProxy, registry_fixture
+from .registry_support import PASSWORD, USER, FaultProxy, auth_file, registry_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -42,10 +42,7 @@ def openssl_key(path: Path, passphrase_file: Path | None = None) -> tuple[Path, 
 
 @pytest.fixture
 def auth(tmp_path, registry):
-    f = tmp_path / "auth.json"
-    token = base64.b64encode(CREDS.encode()).decode()
-    f.write_text(json.dumps({"auths": {registry.address: {"auth": token}}}))
-    return f
+    return auth_file(tmp_path / "auth.json", registry.address)
 
 
 def oci_project(root: Path) -> Path:

@@ -4,13 +4,11 @@ from the cache alone; push the template's image."""
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 
 import pytest
 
-from ..registry_support import PASSWORD, USER, registry_fixture
+from ..registry_support import PASSWORD, auth_file, registry_fixture
 from .conftest import DEFAULT, TEMPLATES, lxclayer
 
 pytestmark = pytest.mark.e2e
@@ -20,10 +18,7 @@ registry = registry_fixture()
 
 @pytest.fixture
 def auth(tmp_path, registry):
-    f = tmp_path / "auth.json"
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    f.write_text(json.dumps({"auths": {registry.address: {"auth": token}}}))
-    return f
+    return auth_file(tmp_path / "auth.json", registry.address)
 
 
 def _clean(r):
