@@ -419,3 +419,23 @@ def test_a_mounted_stack_is_seen_by_this_process_and_gone_afterwards(store, tmp_
     assert (tmp_path / "upper/etc/new").read_bytes() == b"n"
     assert not os.path.exists(f"/proc/{pid}")
     assert snapshots.check(store, "b", "out-b") is None
+
+
+def test_the_overlay_is_volatile_so_its_unmount_does_not_wait_for_the_disk(store, tmp_path):
+    """Unmounting an overlay syncs the whole file system of its upper directory, unless it is
+    mounted `volatile` (Linux 5.10): that sync made every program layer wait 0.2-0.3 s."""
+    from lxclayer.overlay import StackMount
+
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        unavailable("unshare/nsenter (util-linux) are not installed")
+    if tuple(int(x) for x in os.uname().release.split(".")[:2]) < (5, 10):
+        unavailable("overlayfs has no `volatile` before Linux 5.10 (lxclayer mounts without it there)")
+    bottom, _ = stack(store)
+    lower = snap(store, "b", bottom, lambda p: None)
+    m = StackMount(snapshots.snapshots_dir(store), [lower], tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
+    with m:
+        mounts = [ln.split() for ln in open(f"/proc/{m.pid}/mountinfo") if " overlay " in ln]
+        mine = [ln for ln in mounts if ln[4] == str(m.mountpoint)]
+        assert len(mine) == 1, mounts
+        options = mine[0][-1].split(",")
+        assert "volatile" in options or "fsync=volatile" in options, mine[0]  # (6.x kernels say the latter)
