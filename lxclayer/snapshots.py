@@ -22,6 +22,7 @@ attributes, and the manifest says such a directory does not change them.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import os
@@ -399,11 +400,17 @@ def upper_changes(upper: Path, base: dict[str, Entry], store: Store, *, mtime_cl
 
     new = dict(base)
     up = scan_dir(upper, store, mtime_clamp=mtime_clamp)
+    # Paths of `base` in string order: those under a folder are one run of it. The upper
+    # directory's paths are visited parents first, so when a folder's contents are dropped,
+    # nothing of the upper directory below it has been added yet: only `base`'s go.
+    below = sorted(base)
 
     def drop_under(path: str) -> None:
         pre = path + "/"
-        for p in [p for p in new if p.startswith(pre)]:
-            del new[p]
+        i = bisect.bisect_left(below, pre)
+        while i < len(below) and below[i].startswith(pre):
+            new.pop(below[i], None)
+            i += 1
 
     for path in sorted(up, key=sort_key):  # parents first: an opaque dir is emptied before its children
         e = up[path]

@@ -343,9 +343,10 @@ def realise(ctx: Context) -> Result:
     debs.mkdir()
     if pinned:
         places = places_for(ctx)  # the archives, then the project's [artifacts] fallbacks
+        bases = _bases(ctx)  # (reads the whole stack below: once, not once per package)
         paths = fetch_all(
             ctx.store,
-            [(a, f"{a.name} {a.version} ({a.arch})", places(a, deb_urls(a, _bases(ctx)))) for a in pinned.values()],
+            [(a, f"{a.name} {a.version} ({a.arch})", places(a, deb_urls(a, bases))) for a in pinned.values()],
             ctx.workdir / "download", offline=ctx.offline, log=ctx.log, file=shown(ctx), key="packages",
         )
         for a in pinned.values():
