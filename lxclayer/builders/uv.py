@@ -295,6 +295,7 @@ def realise(ctx: Context) -> Result:
     def work(ch: Chroot) -> None:
         env = {"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "UV_NO_CACHE": "1", "UV_LINK_MODE": "copy",
                "UV_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+        compile_: list[tuple[str, str]] = []  # (name, path) of the venvs to byte-compile
         for name, v in sorted(s.venvs.items()):
             t = time.monotonic()
             venv = v.path
@@ -322,14 +323,23 @@ def realise(ctx: Context) -> Result:
                 raise BuildError(f"venv {name}: {', '.join(extra)} installed but not pinned", file=shown(ctx),
                                  key=f"venvs.{name}")
             if s.compile_bytecode and vp:
-                out = ch.run([f"{venv}/bin/python", "-m", "compileall", "-q", "-q", "-j", "0",
-                              "--invalidation-mode", "checked-hash", f"{venv}/lib"], env=env, what=f"compile-{name}")
-                if out.returncode != 0:
-                    raise BuildError(f"byte-compiling venv {name} failed: {out.tail[-1] if out.tail else ''}",
-                                     file=shown(ctx), key=f"venvs.{name}")
+                compile_.append((name, venv))
             # uv's lock file for concurrent use of the venv: empty, world-writable, not content.
             (ch.root / venv.lstrip("/") / ".lock").unlink(missing_ok=True)
             ctx.log(f"venv {name}: {len(vp)} wheels installed ({time.monotonic() - t:.1f} s)")
+        if compile_:
+            # One compileall for every venv: they share one interpreter (`python`), so the bytes
+            # are those of one run per venv, without a start-up and a process pool for each.
+            t = time.monotonic()
+            first = compile_[0][1]
+            out = ch.run([f"{first}/bin/python", "-m", "compileall", "-q", "-q", "-j", "0",
+                          "--invalidation-mode", "checked-hash", *(f"{venv}/lib" for _, venv in compile_)],
+                         env=env, what="compile")
+            if out.returncode != 0:
+                names = ", ".join(n for n, _ in compile_)
+                raise BuildError(f"byte-compiling the venvs ({names}) failed: {out.tail[-1] if out.tail else ''}",
+                                 file=shown(ctx), key="venvs")
+            ctx.log(f"byte-compiled {len(compile_)} venvs ({time.monotonic() - t:.1f} s)")
 
     binds = [Bind(uv.parent, UV_INSIDE), Bind(wheel_dir, WHEELS_INSIDE), Bind(reqs, REQS_INSIDE)]
     entries = build_in_chroot(ctx, work, binds=binds)
