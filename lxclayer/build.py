@@ -33,6 +33,8 @@ from .lock.assemble import assemble_lock, stamp_resolved_at
 from .lock.model import Lockfile
 from .manifest import merge
 from .outputs import ArchiveInfo, ExportJob
+from .outputs.ahead import Runner as AheadRunner
+from .outputs.ahead import running as ahead_running
 from .outputs.provenance import git_source, write_provenance
 from .outputs.sbom import write_sbom
 from .progress import events as progress_events
@@ -343,19 +345,23 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
             try:
                 entries: list[LayerEntry] = []
                 plans: list[LayerPlan] = []
-                for layer in project.layers:
-                    entry, p = realise_layer(project, layer, store, entries, pins_from, mode, offline, events,
-                                             cache_, ev, substituter=shared, snaps=snaps)
-                    entries.append(entry)
-                    plans.append(p)
-                    events.layer_done(p)
-                tree = _checked_tree(entries, project.template.source_date_epoch)
-                stack_lock = assemble_lock(project, entries, [], None, outputs.compressor_of)
-                pulled: dict[str, list[str]] = {}
-                if shared is not None and (any(p.state != "cached" for p in plans) or not all(
-                        (out_dir / outputs.exporter(f).filename(project.template)).exists() for f in formats)):
-                    pulled = {f: shared.fetch_outputs(outputs.cache_key(stack_lock, f), store) for f in formats}
-                archives = _export_all(project, store, tree, formats, out_dir, entries, stack_lock, jobs, events)
+                # (what of the exports can run while the layers above build: outputs/ahead.py)
+                with ahead_running(store, formats, project.template.source_date_epoch) as ahead:
+                    for layer in project.layers:
+                        entry, p = realise_layer(project, layer, store, entries, pins_from, mode, offline, events,
+                                                 cache_, ev, substituter=shared, snaps=snaps)
+                        entries.append(entry)
+                        plans.append(p)
+                        events.layer_done(p)
+                        ahead.layer(entry, fresh=p.state != "cached")
+                    tree = _checked_tree(entries, project.template.source_date_epoch)
+                    stack_lock = assemble_lock(project, entries, [], None, outputs.compressor_of)
+                    pulled: dict[str, list[str]] = {}
+                    if shared is not None and (any(p.state != "cached" for p in plans) or not all(
+                            (out_dir / outputs.exporter(f).filename(project.template)).exists() for f in formats)):
+                        pulled = {f: shared.fetch_outputs(outputs.cache_key(stack_lock, f), store) for f in formats}
+                    archives = _export_all(project, store, tree, formats, out_dir, entries, stack_lock, jobs, events,
+                                           ahead)
                 # every template's SBOM, from its lock alone
                 sbom = write_sbom(stack_lock, out_dir) if formats else None
                 break
@@ -432,12 +438,14 @@ SWITCH_INTERVAL = 0.0005  # seconds: the GIL's switch interval while exporters r
 
 
 def _export_all(project: Project, store: Store, tree: Callable[[], list], formats: list[str], out_dir: Path,
-                entries: list[LayerEntry], stack_lock: Lockfile, jobs: int | None, events: Events) -> list[ArchiveInfo]:
+                entries: list[LayerEntry], stack_lock: Lockfile, jobs: int | None, events: Events,
+                ahead: AheadRunner | None = None) -> list[ArchiveInfo]:
     """Every format's output, side by side: zlib and zstd release the GIL, so a cold build waits
     for the slowest exporter, not for their sum. Each output's bytes depend on nothing of the
     others. The first failure (in format order) is raised once all have ended."""
     if len(formats) < 2:
-        return [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events) for fmt in formats]
+        return [_export(project, store, tree, fmt, out_dir, entries, stack_lock, jobs, events, ahead)
+                for fmt in formats]
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
@@ -451,7 +459,7 @@ def _export_all(project: Project, store: Store, tree: Callable[[], list], format
     try:
         with ThreadPoolExecutor(max_workers=len(formats), thread_name_prefix="lxclayer-export") as pool:
             futures = [pool.submit(progress_events.bound(_export), project, store, tree, fmt, out_dir, entries,
-                                   stack_lock, jobs, events) for fmt in formats]
+                                   stack_lock, jobs, events, ahead) for fmt in formats]
             errors = [f.exception() for f in futures]
     finally:
         sys.setswitchinterval(interval)
@@ -462,12 +470,16 @@ def _export_all(project: Project, store: Store, tree: Callable[[], list], format
 
 
 def _export(project: Project, store: Store, tree: Callable[[], list], fmt: str, out_dir: Path,
-            entries: list[LayerEntry], stack_lock: Lockfile, jobs: int | None, events: Events) -> ArchiveInfo:
+            entries: list[LayerEntry], stack_lock: Lockfile, jobs: int | None, events: Events,
+            ahead: AheadRunner | None = None) -> ArchiveInfo:
     advance = getattr(events, "export_progress", None)
+    if ahead is not None:
+        ahead.finish(fmt)  # (its work done ahead, found in the store by the export)
     job = ExportJob(template=project.template, store=store, layers=entries, tree=tree, out_dir=out_dir,
                     lock=stack_lock, jobs=jobs, progress=lambda n, r: events.compose_progress(fmt, n, r),
                     started=lambda path: events.compose_start(fmt, path),
-                    advance=None if advance is None else lambda done, total, rate: advance(fmt, done, total, rate))
+                    advance=None if advance is None else lambda done, total, rate: advance(fmt, done, total, rate),
+                    ahead=None if ahead is None else ahead.ahead(fmt))
     info = outputs.exporter(fmt).export(job)
     events.compose_done(info)
     return info

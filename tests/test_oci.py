@@ -294,3 +294,51 @@ def test_boot_test_refuses_an_image_whose_whiteout_leaves_the_root(tmp_path):
     root.mkdir()
     with pytest.raises(ArchiveError, match="leaves the root file system"):
         unpacker._apply_whiteouts(io.BytesIO(blob), ["-z"], root, tmp_path / "t.tar")
+
+
+def test_layer_blobs_made_while_the_layers_build_give_the_image_made_after_them(tmp_path):
+    """A build with the image among its formats makes each built layer's blob while the layers
+    above it build (outputs/ahead.py); the image is byte for byte the one made from the same
+    layers all at the end, and the build says how many blobs it made ahead."""
+    from .conftest import run_cli
+
+    ahead = write_project(tmp_path / "a")
+    r = _build_oci(ahead, tmp_path / "s1")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "(0 of 3 layer blobs reused, 3 made while the layers built)" in out
+    # the same layers built first without the image (nothing ahead), the image composed after
+    after = write_project(tmp_path / "b")
+    r = run_cli("--project", str(after), "--store", str(tmp_path / "s2"), "build", "--format", "tar.gz")
+    assert r.returncode == 0, (r.stdout + r.stderr)
+    r = _build_oci(after, tmp_path / "s2")
+    assert r.returncode == 0, (r.stdout + r.stderr)
+    assert "(0 of 3 layer blobs reused)" in (r.stdout + r.stderr)
+    name = "test-tpl_1.0-1_amd64.tar"
+    assert (ahead / "dist" / name).read_bytes() == (after / "dist" / name).read_bytes()
+    r = run_cli("--project", str(ahead), "--store", str(tmp_path / "s1"), "build", "--format", "oci",
+                "--format", "tar.gz", "--json")
+    assert r.returncode == 0, r.stderr
+    oci_report = next(a for a in json.loads(r.stdout)["archives"] if a["format"] == "oci")
+    assert (oci_report["composed"], oci_report["ahead"]) == (False, 0)
+
+
+def test_a_layer_blob_stopped_halfway_leaves_nothing_in_the_store(tmp_path):
+    """Work ahead is cancelled when a build ends first: the blob in the making is dropped, and
+    no record claims it (the export would make it whole)."""
+    import threading
+
+    from lxclayer.outputs.base import Cancelled
+
+    proj = write_project(tmp_path / "p", size_mb=3)
+    store = Store(tmp_path / "s")
+    build(load_project(proj), store)
+    lock = locktoml.read(proj / "locks" / "test-tpl.lock")
+    layers = [store.lookup(la.input) for la in lock.layers.values()]
+    stop = threading.Event()
+    stop.set()
+    bottom, below = next(oci.layer_keys(layers, 0))
+    with store.session(), pytest.raises(Cancelled):
+        oci._layer_blob(bottom, below, store, 0, stop=stop)
+    assert store.get_chunk(oci._layer_record(bottom, below, 0)[1]) is None
+    assert not [p for p in (tmp_path / "s" / "tmp").iterdir() if p.name.startswith("oci-")]

@@ -30,7 +30,7 @@ def result_json(res) -> dict:
                     "input": p.input, "output": p.output, "seconds": round(p.seconds, 3),
                     "program_seconds": round(p.program_seconds, 3)} for p in res.layers],
         "archives": [{"format": a.format, "path": str(a.path), "sha256": a.sha256, "size": a.size,
-                      "composed": a.composed, "chunks": a.chunks, "reused": a.reused,
+                      "composed": a.composed, "chunks": a.chunks, "reused": a.reused, "ahead": a.ahead,
                       **({"image": a.image} if a.image else {})} for a in res.archives],
         "lock": str(res.lock_file), "lock_written": res.lock_written, "seconds": round(res.seconds, 3),
         "sbom": str(res.sbom) if res.sbom else None,

@@ -10,12 +10,15 @@ tree (made on first use), the template, the store and the output folder; it owns
 - `export`: write the file atomically (or keep the one already there when it is provably the
   same) and say what it is (`ArchiveInfo`); the lock records its name, sha256 and size;
 - `keep`: what of the store gc must keep so that a no-op build of a locked stack stays cheap;
-- `check`: whether a file of this format follows the rules its consumer relies on.
+- `check`: whether a file of this format follows the rules its consumer relies on;
+- `ahead` (optional): the part of `export` that depends only on the layers built so far, to
+  run in the background while the layers above them build (an image's layer blobs).
 """
 
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,7 @@ class ArchiveInfo:
     seconds: float = 0.0
     composed: bool = True
     image: str = ""  # an image format's manifest digest (what a registry pull shows)
+    ahead: int = 0  # of the parts, how many were made while the layers above them built
 
 
 @dataclass
@@ -57,6 +61,32 @@ class ExportJob:
     # The stack's lock without archives (made before any output): an image labels itself with
     # its digest, an SBOM is made from it alone.
     lock: Lockfile | None = None
+    # This format's work done ahead in this build (what `Exporter.ahead` returned), if any.
+    ahead: Ahead | None = None
+
+
+class Cancelled(Exception):
+    """Work ahead stopped because the build ended first (failed or interrupted)."""
+
+
+Job = Callable[[threading.Event], None]
+"""Work ahead: run in a background thread; it checks the event now and then and raises
+:class:`Cancelled` once it is set."""
+
+
+class Ahead(abc.ABC):
+    """The part of one build's export that can start before the whole stack is built.
+
+    Told each layer as it is realised, bottom first, it returns a job to run in the background
+    while the layers above it build, or None. Whatever a job makes, it keeps in the store
+    exactly as `export` would (under the same keys), so `export` finds it made, and the
+    output's bytes do not depend on whether it ran, failed or was cancelled: a job that fails
+    leaves its work to `export`, which does it again and reports what goes wrong."""
+
+    @abc.abstractmethod
+    def layer(self, entry: LayerEntry, fresh: bool) -> Job | None:
+        """`entry` is the next layer up; `fresh`: it was built or pulled by this build (a
+        cached one was probably exported before)."""
 
 
 class Exporter(abc.ABC):
@@ -78,3 +108,8 @@ class Exporter(abc.ABC):
 
     @abc.abstractmethod
     def check(self, path: Path) -> list[Violation]: ...
+
+    def ahead(self, store: Store, mtime: int) -> Ahead | None:
+        """What of `export` can run while the stack builds, for a build whose
+        SOURCE_DATE_EPOCH is `mtime` (None: nothing)."""
+        return None

@@ -21,6 +21,9 @@ How a layer tar is shaped, and why (PVE 9.1's unpacker, proxmox-oci, is the refe
   gzip would lose everything after the first chunk. Blobs are cached in the store's artifact
   area by sha256 (and found by a small record keyed by the layer); the layers of a stack are
   compressed in parallel.
+- A layer's blob depends on that layer and the directories below it only, so a build makes it
+  as soon as the layer is built (`ahead`), in the background while the layers above it build:
+  the export at the end finds it in the store, as it would find one of an earlier build.
 
 This module writes images; reading one back (push, `check`, boot-test) is `lxclayer/oci/layout.py`;
 the documents both use are `lxclayer/oci/image.py`.
@@ -60,7 +63,7 @@ from ..oci.image import (
 )
 from ..registry.oci import MANIFEST, Descriptor, Index, Manifest
 from ..store import Keep, LayerEntry, Store
-from .base import ArchiveInfo, Exporter, ExportJob
+from .base import Ahead, ArchiveInfo, Cancelled, Exporter, ExportJob, Job
 
 if TYPE_CHECKING:
     from ..check import Violation
@@ -94,6 +97,7 @@ class Image:
     size: int
     layers: list[LayerBlob]
     reused: int = 0
+    ahead: int = 0  # blobs made by this build while the layers above them built
 
 
 _enc = msgspec.json.Encoder(order="sorted")
@@ -190,14 +194,18 @@ def _batched(pieces: Iterable[bytes]) -> Iterator[bytes]:
         yield bytes(buf)
 
 
-def write_layer(members: list[Entry], store: Store, out: Path, advance: _Advance | None = None) -> LayerBlob:
-    """Write the gzip-compressed layer tar to `out`; one gzip member, deterministic."""
+def write_layer(members: list[Entry], store: Store, out: Path, advance: _Advance | None = None,
+                stop: threading.Event | None = None) -> LayerBlob:
+    """Write the gzip-compressed layer tar to `out`; one gzip member, deterministic.
+    Raises Cancelled once `stop` is set."""
     gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     raw = hashlib.sha256()
     packed = hashlib.sha256()
     size = 0
     with open(out, "wb") as f:
         for data in _batched(tar_stream(members, store)):
+            if stop is not None and stop.is_set():
+                raise Cancelled
             if advance is not None:
                 advance.add(len(data))
             raw.update(data)
@@ -225,7 +233,7 @@ def _layer_record(layer: LayerEntry, below: dict[str, Entry], mtime: int) -> tup
 
 
 def _layer_blob(layer: LayerEntry, below: dict[str, Entry], store: Store, mtime: int,
-                advance: _Advance | None = None) -> tuple[LayerBlob, Path, bool]:
+                advance: _Advance | None = None, stop: threading.Event | None = None) -> tuple[LayerBlob, Path, bool]:
     """The layer's blob from the store, or made now and stored; (blob, its path, reused)."""
     members, name = _layer_record(layer, below, mtime)
     key = name.removeprefix("ocilayer-")
@@ -239,11 +247,43 @@ def _layer_blob(layer: LayerEntry, below: dict[str, Entry], store: Store, mtime:
             return blob, path, True
     with store.staging("oci") as tmp:
         part = tmp / "layer.tar.gz"
-        blob = write_layer(members, store, part, advance)
+        blob = write_layer(members, store, part, advance, stop)
         path = store.put_artifact_file(part, blob.digest.removeprefix("sha256:"),
                                        name=f"OCI layer {layer.layer or key}")
     store.put_chunk(name, msgspec.msgpack.encode(blob))
     return blob, path, False
+
+
+class BlobsAhead(Ahead):
+    """Each layer's blob, made in the background as soon as the layer is built (a blob depends
+    on its layer and the directories below it only). Cached layers are skipped: their blobs
+    were most likely made when they were built; `export` makes any that is missing."""
+
+    def __init__(self, store: Store, mtime: int):
+        self.store, self.mtime = store, mtime
+        self._tree: dict[str, Entry] = {}  # the layers below the next one, merged
+        self._unapplied: list[LayerEntry] = []  # (merged only when a fresh layer needs them)
+        self._lock = threading.Lock()
+        self.made: set[str] = set()  # digests of the blobs made ahead
+
+    def layer(self, entry: LayerEntry, fresh: bool) -> Job | None:
+        self._unapplied.append(entry)
+        if not fresh:
+            return None
+        for e in self._unapplied[:-1]:
+            apply(self._tree, e.entries)
+        self._unapplied = [entry]
+        below = {p: e for p, e in self._tree.items() if e.type == "dir"}
+
+        def job(stop: threading.Event) -> None:
+            if self.store.get_chunk(_layer_record(entry, below, self.mtime)[1]) is not None:
+                return  # made before (export checks it)
+            blob, _, reused = _layer_blob(entry, below, self.store, self.mtime, stop=stop)
+            if not reused:
+                with self._lock:
+                    self.made.add(blob.digest)
+
+        return job
 
 
 def layer_keys(layers: list[LayerEntry], mtime: int) -> Iterator[tuple[LayerEntry, dict[str, Entry]]]:
@@ -296,9 +336,11 @@ def _copy(src: Path) -> Iterable[bytes]:
 
 def write_image(layers: list[LayerEntry], store: Store, out: Path, *, name: str, version: str,
                 release: int, arch: str, mtime: int, lock_digest: str, jobs: int | None = None,
-                layer_names: list[str] | None = None, advance=None) -> Image:
+                layer_names: list[str] | None = None, advance=None, ahead: set[str] | None = None) -> Image:
     """Write the OCI image layout tar `out` atomically, from the stack's store entries.
-    `advance(bytes done, of about, bytes per second)` counts the layer tars made or reused."""
+    `advance(bytes done, of about, bytes per second)` counts the layer tars made or reused.
+    `ahead`: digests of blobs this build made while the layers above them built (counted apart
+    from those reused)."""
     jobs = jobs or os.cpu_count() or 1
     counter = _Advance(advance, sum(_raw_size(la.entries) for la in layers)) if advance else None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -349,8 +391,10 @@ def write_image(layers: list[LayerEntry], store: Store, out: Path, *, name: str,
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    ahead = ahead or set()
     return Image(path=out, digest=sha256_digest(manifest), sha256=sha.hexdigest(), size=length, layers=blobs,
-                 reused=sum(1 for _, _, r in made if r))
+                 reused=sum(1 for b, _, r in made if r and b.digest not in ahead),
+                 ahead=sum(1 for b, _, r in made if r and b.digest in ahead))
 
 
 # --- the exporter -----------------------------------------------------------------------------
@@ -386,11 +430,13 @@ class OciImage(Exporter):
             job.started(path)
         image = write_image(job.layers, job.store, path, name=t.name, version=t.version, release=t.release,
                             arch=t.arch, mtime=t.source_date_epoch, lock_digest=lock_digest, jobs=job.jobs,
-                            layer_names=list(job.lock.layers), advance=job.advance)
+                            layer_names=list(job.lock.layers), advance=job.advance,
+                            ahead=job.ahead.made if isinstance(job.ahead, BlobsAhead) else None)
         job.store.record_composed(key, path, image.sha256, image.size)
         job.store.put_chunk(f"ociimage-{key}", image.digest.encode())
         return ArchiveInfo(format=FORMAT, path=path, sha256=image.sha256, size=image.size, image=image.digest,
-                           chunks=len(image.layers), reused=image.reused, seconds=time.monotonic() - t0)
+                           chunks=len(image.layers), reused=image.reused, ahead=image.ahead,
+                           seconds=time.monotonic() - t0)
 
     def keep(self, store: Store, lock: Lockfile, layers: list[LayerEntry], keep: Keep) -> None:
         """The layer blobs, the records that find them, and the image's records (a no-op build
@@ -407,6 +453,9 @@ class OciImage(Exporter):
             keep.chunks.add(name)
             with contextlib.suppress(msgspec.DecodeError):
                 keep.artifacts.add(_blob_dec.decode(rec).digest.removeprefix("sha256:"))
+
+    def ahead(self, store: Store, mtime: int) -> BlobsAhead:
+        return BlobsAhead(store, mtime)
 
     def check(self, path: Path) -> list[Violation]:
         """The layout's rules and every layer blob (`oci.layout.check_layout`)."""

@@ -80,7 +80,7 @@ class Reporter:
     def compose_done(self, info) -> None:
         self.emit(ev.ExportFinished(format=info.format, file=info.path.name, sha256=info.sha256, size=info.size,
                                     composed=info.composed, seconds=round(info.seconds, 3), parts=info.chunks,
-                                    reused=info.reused))
+                                    reused=info.reused, ahead=info.ahead))
 
     def warn(self, message: str) -> None:
         self.emit(ev.BuildWarning(message=message, layer=ev.layer()))

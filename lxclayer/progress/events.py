@@ -108,7 +108,8 @@ class ExportFinished(_Event, tag="export-finished"):
     composed: bool  # False: the file in place was already this output
     seconds: float = 0.0
     parts: int = 0  # chunks (tar.gz, tar.zst) or layer blobs (oci)
-    reused: int = 0
+    reused: int = 0  # parts found made by an earlier build
+    ahead: int = 0  # parts made by this build while the layers above them built
 
 
 class TransferProgress(_Event, tag="transfer-progress"):

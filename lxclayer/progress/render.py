@@ -48,7 +48,8 @@ def export_line(e: ev.ExportFinished) -> str:
     if not e.composed:
         return f"up to date {e.file}"
     what = "layer blobs" if e.format == "oci" else "chunks"
-    return f"composed {e.file} in {e.seconds:.1f}s ({e.reused} of {e.parts} {what} reused)"
+    ahead = f", {e.ahead} made while the layers built" if e.ahead else ""
+    return f"composed {e.file} in {e.seconds:.1f}s ({e.reused} of {e.parts} {what} reused{ahead})"
 
 
 def text(e: Any, *, verbose: bool) -> str | None:
