@@ -12,7 +12,9 @@ whole `lxclayer` commands in fresh processes, in this order:
 
 1. no-op `build --locked` in the warm store (median of --repeat);
 2. one package added: `jq` added to the `redis` layer of a copy of the project, then
-   `lxclayer build` (resolves redis, rebuilds the 7 program layers above and composes);
+   `lxclayer build` (resolves redis, rebuilds the 7 program layers above and composes), each
+   round as the first edit on a fresh clone's store: apt's kept lists set aside, and what the
+   round added (entries, snapshots, chunks, layer blobs, jq's downloads) removed after it;
 3. cold `build --locked` into a store holding only the artifacts (downloads cached), against
    an mmdebstrap run that installs the union of the lock's packages from a local repository of
    the same .debs into a tarball, then `gzip -6` of it (the baseline, in the same run);
@@ -64,8 +66,19 @@ def artifacts_only(warm: Path, dest: Path) -> None:
     subprocess.run(["cp", "-al", str(warm / "artifacts"), str(dest / "artifacts")], check=True)
 
 
-def forget_added(warm: Path, lock, new_lock: Path) -> None:
-    """Remove the entries (and snapshots) a round added to the warm store."""
+KEPT_AREAS = ("chunks", "composed", "artifacts")  # what a round adds besides entries and snapshots
+APT_LISTS = "snapshots/.apt-lists"
+
+
+def store_files(warm: Path) -> set[str]:
+    return {str(p.relative_to(warm)) for area in KEPT_AREAS if (warm / area).is_dir()
+            for p in (warm / area).rglob("*") if p.is_file()}
+
+
+def forget_added(warm: Path, lock, new_lock: Path, before: set[str]) -> None:
+    """Remove what a round added to the warm store: its entries and snapshots, and the chunks,
+    layer blobs, composed records and downloads that were not there `before`, so that every
+    round is a first edit (jq's packages downloaded, the new chunks and blobs compressed)."""
     from lxclayer import snapshots
 
     keep = {la.input for la in lock.layers.values()}
@@ -74,6 +87,19 @@ def forget_added(warm: Path, lock, new_lock: Path) -> None:
             if la.input not in keep:
                 st.remove_entry(la.input)
                 snapshots.remove(st, la.input)
+    for rel in store_files(warm) - before:
+        (warm / rel).unlink(missing_ok=True)
+
+
+def move_lists(src: Path, dest: Path) -> None:
+    """Move apt's kept lists (one folder per set of sources) from `src` to `dest`; a fresh
+    clone's store has none, so its first resolve fetches the full indexes."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for d in list(src.iterdir()) if src.is_dir() else []:
+        if (dest / d.name).exists():
+            shutil.rmtree(d)
+        else:
+            d.rename(dest / d.name)
 
 
 def overheads(report: dict) -> list[tuple[str, str, float, float]]:
@@ -153,15 +179,27 @@ def main() -> int:
         assert 'packages = ["redis-server", "redis-tools"]' in text
         toml.write_text(text.replace('"redis-tools"]', '"redis-tools", "jq"]'))
         # In the warm store itself (a copy's snapshots are not trusted: its folders have new
-        # inodes and ctimes), taking out afterwards what the round added.
+        # inodes and ctimes), taking out afterwards what the round added, and with apt's kept
+        # lists set aside: every round is the first edit on a fresh clone's store.
         jq, last = [], None
-        for _ in range(a.repeat):
-            shutil.copy(lock_path, proj / f"locks/{TEMPLATE}.lock")
-            dt, last, _ = lxclayer(proj, warm, "build", "--json", "--out", str(scratch / "dist-jq"))
-            jq.append(dt)
-            forget_added(warm, lock, proj / f"locks/{TEMPLATE}.lock")
-        print(f"jq added to redis, `lxclayer build`: {statistics.median(jq):.1f} s median"
+        aside = scratch / "apt-lists"
+        try:
+            for _ in range(a.repeat):
+                move_lists(warm / APT_LISTS, aside)
+                before = store_files(warm)
+                shutil.copy(lock_path, proj / f"locks/{TEMPLATE}.lock")
+                dt, last, _ = lxclayer(proj, warm, "build", "--json", "--out", str(scratch / "dist-jq"))
+                jq.append(dt)
+                forget_added(warm, lock, proj / f"locks/{TEMPLATE}.lock", before)
+        finally:
+            move_lists(warm / APT_LISTS, scratch / "apt-lists-of-the-rounds")
+            move_lists(aside, warm / APT_LISTS)
+        print(f"jq added to redis, `lxclayer build`, as a first edit (apt's full indexes fetched, jq's packages"
+              f" downloaded, new chunks and blobs compressed): {statistics.median(jq):.1f} s median"
               f" ({min(jq):.1f}-{max(jq):.1f}; {len(jq)} rounds)")
+        for x in (last or {}).get("archives", []):
+            made = f", {x['ahead']} made while the layers built" if x.get("ahead") else ""
+            print(f"  {x['format']}: {x['reused']} of {x['chunks']} parts reused{made}")
         assert last is not None
         print_layers("layers rebuilt by the jq change (last round):", overheads(last))
 
