@@ -353,7 +353,8 @@ def build(project: Project, store: Store, *, mode: Mode = Mode.NORMAL, offline: 
                         entries.append(entry)
                         plans.append(p)
                         events.layer_done(p)
-                        ahead.layer(entry, fresh=p.state != "cached")
+                        # (a pulled layer's image blob comes from the cache with the outputs)
+                        ahead.layer(entry, fresh=p.state == "built")
                     tree = _checked_tree(entries, project.template.source_date_epoch)
                     stack_lock = assemble_lock(project, entries, [], None, outputs.compressor_of)
                     pulled: dict[str, list[str]] = {}

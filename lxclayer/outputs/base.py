@@ -85,8 +85,8 @@ class Ahead(abc.ABC):
 
     @abc.abstractmethod
     def layer(self, entry: LayerEntry, fresh: bool) -> Job | None:
-        """`entry` is the next layer up; `fresh`: it was built or pulled by this build (a
-        cached one was probably exported before)."""
+        """`entry` is the next layer up; `fresh`: this build built it (a cached one was most
+        likely exported before, a pulled one's outputs come from the cache)."""
 
 
 class Exporter(abc.ABC):

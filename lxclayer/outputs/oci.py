@@ -256,8 +256,9 @@ def _layer_blob(layer: LayerEntry, below: dict[str, Entry], store: Store, mtime:
 
 class BlobsAhead(Ahead):
     """Each layer's blob, made in the background as soon as the layer is built (a blob depends
-    on its layer and the directories below it only). Cached layers are skipped: their blobs
-    were most likely made when they were built; `export` makes any that is missing."""
+    on its layer and the directories below it only). Cached and pulled layers are skipped: their
+    blobs were most likely made when they were built, or come from the cache with the outputs;
+    `export` makes any that is missing."""
 
     def __init__(self, store: Store, mtime: int):
         self.store, self.mtime = store, mtime
