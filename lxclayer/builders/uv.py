@@ -58,6 +58,7 @@ KIND = "uv"
 UV_INSIDE = "/run/lxclayer/uv"
 WHEELS_INSIDE = "/run/lxclayer/wheels"
 REQS_INSIDE = "/run/lxclayer/requirements"
+CACHE_INSIDE = "/run/lxclayer/uv-cache"  # the layer's venvs share the wheels uv unpacked (not in the layer)
 
 
 def _lookup_path(tree: dict[str, Entry], path: str, depth: int = 0) -> tuple[str, Entry] | None:
@@ -293,8 +294,8 @@ def realise(ctx: Context) -> Result:
     tgt = target(ctx)
 
     def work(ch: Chroot) -> None:
-        env = {"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "UV_NO_CACHE": "1", "UV_LINK_MODE": "copy",
-               "UV_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+        env = {"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "UV_CACHE_DIR": CACHE_INSIDE,
+               "UV_LINK_MODE": "copy", "UV_OFFLINE": "1", "PYTHONHASHSEED": "0"}
         compile_: list[tuple[str, str]] = []  # (name, path) of the venvs to byte-compile
         for name, v in sorted(s.venvs.items()):
             t = time.monotonic()
@@ -341,6 +342,9 @@ def realise(ctx: Context) -> Result:
                                  file=shown(ctx), key="venvs")
             ctx.log(f"byte-compiled {len(compile_)} venvs ({time.monotonic() - t:.1f} s)")
 
-    binds = [Bind(uv.parent, UV_INSIDE), Bind(wheel_dir, WHEELS_INSIDE), Bind(reqs, REQS_INSIDE)]
+    uv_cache = ctx.workdir / "uv-cache"
+    uv_cache.mkdir()
+    binds = [Bind(uv.parent, UV_INSIDE), Bind(wheel_dir, WHEELS_INSIDE), Bind(reqs, REQS_INSIDE),
+             Bind(uv_cache, CACHE_INSIDE, readonly=False)]
     entries = build_in_chroot(ctx, work, binds=binds)
     return Result(entries=entries, artifacts={"tools": {"uv": uv_pin}, "wheels": pins})
