@@ -82,12 +82,18 @@ def forget_added(warm: Path, lock, new_lock: Path, before: set[str]) -> None:
     from lxclayer import snapshots
 
     keep = {la.input for la in lock.layers.values()}
+    added = store_files(warm) - before
     with Store(warm).session() as st:
         for la in locktoml.read(new_lock).layers.values():
             if la.input not in keep:
                 st.remove_entry(la.input)
                 snapshots.remove(st, la.input)
-    for rel in store_files(warm) - before:
+        # The uv program taken out of its wheel stays (a store that built the template has it;
+        # only gc takes it away): it is not part of what adding a package costs.
+        for rel in [r for r in added if Path(r).name.startswith("uvprogram-")]:
+            program = st.get_chunk(Path(rel).name)
+            added -= {rel, *([str(st.artifact_path(program.decode()).relative_to(warm))] if program else [])}
+    for rel in added:
         (warm / rel).unlink(missing_ok=True)
 
 
