@@ -356,8 +356,8 @@ def realise(ctx: Context) -> Result:
                                  file=shown(ctx), key="venvs")
             ctx.log(f"byte-compiled {len(compile_)} venvs ({time.monotonic() - t:.1f} s)")
 
-    uv_cache = ctx.workdir / "uv-cache"
-    uv_cache.mkdir()
+    uv_cache = ctx.workdir / "venvs-uv-cache"  # (not resolve's `uv-cache`: that one is the host uv's)
+    uv_cache.mkdir(exist_ok=True)
     binds = [Bind(uv.parent, UV_INSIDE), Bind(wheel_dir, WHEELS_INSIDE), Bind(reqs, REQS_INSIDE),
              Bind(uv_cache, CACHE_INSIDE, readonly=False)]
     entries = build_in_chroot(ctx, work, binds=binds)
