@@ -245,13 +245,19 @@ def _layer_blob(layer: LayerEntry, below: dict[str, Entry], store: Store, mtime:
             if advance is not None:
                 advance.add(_raw_size(layer.entries))
             return blob, path, True
+    return (*_make_blob(layer, members, name, store, advance, stop), False)
+
+
+def _make_blob(layer: LayerEntry, members: list[Entry], name: str, store: Store, advance: _Advance | None = None,
+               stop: threading.Event | None = None) -> tuple[LayerBlob, Path]:
+    """Compress the layer tar of `members` into the store, with the record `name` that finds it."""
     with store.staging("oci") as tmp:
         part = tmp / "layer.tar.gz"
         blob = write_layer(members, store, part, advance, stop)
         path = store.put_artifact_file(part, blob.digest.removeprefix("sha256:"),
-                                       name=f"OCI layer {layer.layer or key}")
+                                       name=f"OCI layer {layer.layer or name.removeprefix('ocilayer-')}")
     store.put_chunk(name, msgspec.msgpack.encode(blob))
-    return blob, path, False
+    return blob, path
 
 
 class BlobsAhead(Ahead):
@@ -277,12 +283,12 @@ class BlobsAhead(Ahead):
         below = {p: e for p, e in self._tree.items() if e.type == "dir"}
 
         def job(stop: threading.Event) -> None:
-            if self.store.get_chunk(_layer_record(entry, below, self.mtime)[1]) is not None:
+            members, name = _layer_record(entry, below, self.mtime)
+            if self.store.get_chunk(name) is not None:
                 return  # made before (export checks it)
-            blob, _, reused = _layer_blob(entry, below, self.store, self.mtime, stop=stop)
-            if not reused:
-                with self._lock:
-                    self.made.add(blob.digest)
+            blob, _ = _make_blob(entry, members, name, self.store, stop=stop)
+            with self._lock:
+                self.made.add(blob.digest)
 
         return job
 
